@@ -1,0 +1,167 @@
+"""The one error hierarchy of sklm-watcher.
+
+Every error the package raises on purpose is a ``WatcherError``; foreign exceptions
+(aiohttp, ssl, sqlite3, OSError) are translated once, at the boundary that meets them
+(``client``, ``sinks``, ``journal``), with ``raise ... from exc``::
+
+    WatcherError
+    ├── ConfigError(problems)            the configuration file is unusable; exit 2
+    ├── SklmError(server)                one SKLM server, one request
+    │   ├── SklmUnreachable              connect, DNS, reset, timeout: transient
+    │   ├── SklmTlsError                 verification or pin mismatch: loud, not transient
+    │   ├── SklmAuthError                credentials rejected at login: a configuration problem
+    │   └── SklmProtocolError            unexpected status, malformed or oversized body
+    ├── JournalError                     the state database or the audit log failed
+    └── DeliveryError(sink)              one sink, one delivery attempt
+
+Messages are built here from structured fields and end with what to do. They never
+contain a secret, a URL query or a header value: callers pass names, not values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class WatcherError(Exception):
+    """Root of every error sklm-watcher raises on purpose."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    """One problem in a configuration file: where it is and why it is wrong.
+
+    Args:
+        key: The key path, e.g. ``servers[2].url`` or ``watcher.state_dir``; ``""``
+            for the file as a whole (unreadable file, TOML syntax error).
+        reason: What is wrong and, where it helps, what to write instead.
+    """
+
+    key: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.reason}" if self.key else self.reason
+
+
+class ConfigError(WatcherError):
+    """The configuration is unusable; ``problems`` names every problem found at once."""
+
+    def __init__(self, problems: list[ConfigProblem], *, source: str = "") -> None:
+        self.problems = list(problems)
+        self.source = source
+        where = f" in {source}" if source else ""
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        count = len(self.problems)
+        noun = "problem" if count == 1 else "problems"
+        super().__init__(f"{count} configuration {noun}{where}:\n{lines}")
+
+
+class SklmError(WatcherError):
+    """A request to one SKLM server failed; ``server`` is its configured name."""
+
+    #: Whether polling again soon may succeed without anyone changing anything.
+    transient: bool = True
+
+    def __init__(self, server: str, detail: str, *, hint: str = "") -> None:
+        self.server = server
+        self.detail = detail
+        self.hint = hint
+        message = f"{server}: {detail}"
+        if hint:
+            message += f"; {hint}"
+        super().__init__(message)
+
+
+class SklmUnreachable(SklmError):
+    """The server did not answer: connection refused or reset, DNS, or a timeout."""
+
+    def __init__(self, server: str, detail: str, *, hint: str = "") -> None:
+        super().__init__(
+            server,
+            detail,
+            hint=hint or "check that the server is up and reachable from this host",
+        )
+
+
+class SklmTlsError(SklmError):
+    """TLS failed: certificate not trusted, wrong host name, or pin mismatch."""
+
+    transient = False
+
+    def __init__(self, server: str, detail: str, *, hint: str = "") -> None:
+        super().__init__(
+            server,
+            detail,
+            hint=hint
+            or f"check ca_file or tls_fingerprint for {server} "
+            "(the server's certificate may have changed)",
+        )
+
+
+class SklmAuthError(SklmError):
+    """The server rejected the configured credentials at login (CTGKM6003E)."""
+
+    transient = False
+
+    def __init__(self, server: str, detail: str, *, hint: str = "") -> None:
+        super().__init__(
+            server,
+            detail,
+            hint=hint
+            or f"check username and password_env / password_file for {server}",
+        )
+
+
+class SklmProtocolError(SklmError):
+    """The server answered, but not as SKLM should: status, body or size unexpected."""
+
+    def __init__(self, server: str, detail: str, *, hint: str = "") -> None:
+        super().__init__(
+            server,
+            detail,
+            hint=hint
+            or "the server may be starting up; if it persists, check the URL and "
+            "progress_path",
+        )
+
+
+class JournalError(WatcherError):
+    """The state database or the audit log could not be read or written."""
+
+    def __init__(self, detail: str, *, hint: str = "") -> None:
+        self.detail = detail
+        self.hint = (
+            hint or "check free space and permissions of state_dir and audit_log"
+        )
+        super().__init__(f"{detail}; {self.hint}")
+
+
+class DeliveryError(WatcherError):
+    """One delivery attempt to one sink failed.
+
+    Args:
+        sink: The sink's configured name.
+        detail: What happened (status code, error class); never the URL.
+        retry_after: Seconds the receiver asked us to wait (429 / 503), if any.
+        permanent: True when retrying cannot help (e.g. 410 Gone, a revoked URL).
+    """
+
+    def __init__(
+        self,
+        sink: str,
+        detail: str,
+        *,
+        retry_after: float | None = None,
+        permanent: bool = False,
+    ) -> None:
+        self.sink = sink
+        self.detail = detail
+        self.retry_after = retry_after
+        self.permanent = permanent
+        hint = (
+            f"check the configuration of sink {sink}; the event is dead-lettered"
+            if permanent
+            else "will retry with backoff"
+        )
+        super().__init__(f"sink {sink}: {detail}; {hint}")

@@ -1,0 +1,101 @@
+"""Logging set-up for structlog, and the redaction processor (a second line of defence)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any, Final, TextIO
+
+import structlog
+
+#: Keys whose values are never logged, whatever they hold.
+_SECRET_KEYS: Final = frozenset(
+    {
+        "password",
+        "passwd",
+        "secret",
+        "secrets",
+        "token",
+        "authorization",
+        "userauthid",
+        "user_auth_id",
+        "session_id",
+        "url",
+        "webhook_url",
+        "signature",
+    }
+)
+_REDACTED: Final = "***"
+# Values that look like secrets wherever they appear: SKLM auth headers, Standard
+# Webhooks secrets, Slack webhook URLs, and credentials inside URLs.
+_SECRET_PATTERNS: Final = (
+    re.compile(r"(userAuthId=)[^\s,;\"']+", re.IGNORECASE),
+    re.compile(r"whsec_[A-Za-z0-9+/=]+"),
+    re.compile(r"https://hooks\.slack\.com/\S+"),
+    re.compile(r"(://[^/\s:@]+:)[^@\s/]+(@)"),
+)
+
+
+def _scrub(text: str) -> str:
+    for pattern in _SECRET_PATTERNS:
+        if pattern.groups >= 2:
+            text = pattern.sub(lambda m: m.group(1) + _REDACTED + m.group(2), text)
+        elif pattern.groups == 1:
+            text = pattern.sub(lambda m: m.group(1) + _REDACTED, text)
+        else:
+            text = pattern.sub(_REDACTED, text)
+    return text
+
+
+def redact(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Structlog processor: mask secret-named keys and secret-looking strings.
+
+    Secrets are held in ``Secret`` objects that never render their value; this
+    processor catches the mistakes that slip past that (a URL or header logged
+    by a careless call).
+    """
+    for key, value in list(event_dict.items()):
+        if key.lower() in _SECRET_KEYS and value is not None:
+            event_dict[key] = _REDACTED
+        elif isinstance(value, str):
+            event_dict[key] = _scrub(value)
+    return event_dict
+
+
+def configure(
+    *, json: bool | None = None, level: int = logging.INFO, stream: TextIO | None = None
+) -> None:
+    """Configure structlog once for the process (called only by the CLI).
+
+    Args:
+        json: JSON lines (for journald) when True, a console format when False;
+            None picks JSON unless ``stream`` is a terminal.
+        level: The minimum level logged.
+        stream: Where logs go; standard error by default, so command output on
+            standard output stays clean for pipes.
+    """
+    out = stream if stream is not None else sys.stderr
+    as_json = not out.isatty() if json is None else json
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if as_json
+        else structlog.dev.ConsoleRenderer(colors=out.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+            redact,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=True,
+    )

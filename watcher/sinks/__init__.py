@@ -1,0 +1,1 @@
+"""Notification sinks: deliver one event somewhere and classify the failure."""
