@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from watcher.events import matches_any
+
 #: The SKLM REST base path; GKLM 5.x may use ``/GKLM/rest/v1`` (set ``api_base``).
 DEFAULT_API_BASE: Final = "/SKLM/rest/v1"
 
@@ -100,6 +102,25 @@ class SinkConfig:
     #: Minimum seconds between two messages (Slack's ~1 message/s per webhook).
     min_interval: float = 0.0
     allow_insecure_http: bool = False
+
+    def wants(self, event_type: str, server: str) -> bool:
+        """Whether this sink should receive an event of this type about this server."""
+        if self.events and not matches_any(self.events, event_type):
+            return False
+        return not self.servers or matches_any(self.servers, server)
+
+
+#: What a Slack sink receives when its ``events`` is not set: what a person acts on.
+SLACK_DEFAULT_EVENTS: Final = (
+    "sklm.restore.started",
+    "sklm.restore.completed",
+    "sklm.restore.failed",
+    "sklm.restore.stalled",
+    "sklm.server.unreachable",
+    "sklm.server.restarted",
+    "sklm.auth.failed",
+    "sklm.watcher.test",
+)
 
 
 @dataclass(frozen=True, slots=True)
