@@ -17,6 +17,7 @@ ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "phases": set(),
     "logs": set(),
+    "notify": set(),
     "events": {"phases"},
     "config": {"errors", "events"},
     "tracker": {"phases", "events", "config"},

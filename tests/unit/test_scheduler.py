@@ -1,0 +1,666 @@
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anyio
+import pytest
+
+import watcher.scheduler
+import watcher.tracker
+from watcher.client import PollResult
+from watcher.config import ServerConfig
+from watcher.errors import (
+    SklmAuthError,
+    SklmError,
+    SklmProtocolError,
+    SklmTlsError,
+    SklmUnreachable,
+)
+from watcher.events import Event, EventType
+from watcher.phases import Phase
+from watcher.scheduler import (
+    EVENT,
+    POLL_FAILED,
+    POLL_OK,
+    WATCH_CRASHED,
+    Fleet,
+    ServerWatch,
+    SystemClock,
+    WatchStats,
+)
+from watcher.tracker import Failure, Observation, ServerState, Step
+
+START = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
+PATH = "/SKLM/rest/v1/ckms/restore/progress"
+
+
+def server(name: str, **overrides: Any) -> ServerConfig:
+    """Return a server config on loopback (nothing connects to it)."""
+    return ServerConfig(name=name, url="http://127.0.0.1:9443", **overrides)
+
+
+class VirtualClock:
+    """Virtual time: sleepers wait on events keyed by deadline; the test advances it.
+
+    ``run_until`` lets every task run until it blocks, wakes the earliest sleeper,
+    and repeats: deterministic, and no real time passes.
+    """
+
+    def __init__(self, start: datetime = START) -> None:
+        self._start = start
+        self._now = 0.0
+        self._sleepers: list[tuple[float, int, anyio.Event]] = []
+        self._seq = itertools.count()
+
+    def now(self) -> datetime:
+        """Return the virtual wall-clock time."""
+        return self._start + timedelta(seconds=self._now)
+
+    def monotonic(self) -> float:
+        """Return the virtual seconds since the start."""
+        return self._now
+
+    async def sleep(self, seconds: float) -> None:
+        """Block until the driver advances virtual time past the deadline."""
+        event = anyio.Event()
+        deadline = self._now + max(seconds, 0.0)
+        heapq.heappush(self._sleepers, (deadline, next(self._seq), event))
+        await event.wait()
+
+    async def run_until(self, deadline: float) -> None:
+        """Advance virtual time to ``deadline``, waking sleepers in deadline order."""
+        while True:
+            await settle()
+            if not self._sleepers or self._sleepers[0][0] > deadline:
+                break
+            when, _, event = heapq.heappop(self._sleepers)
+            self._now = max(self._now, when)
+            event.set()
+        self._now = max(self._now, deadline)
+
+    async def advance(self, seconds: float) -> None:
+        """Advance virtual time by ``seconds``."""
+        await self.run_until(self._now + seconds)
+
+
+async def settle() -> None:
+    """Yield until every other task is blocked (anyio's version sleeps 0.1 s real)."""
+    this = asyncio.current_task()
+    for _ in range(10_000):
+        await asyncio.sleep(0)
+        busy = [
+            task
+            for task in asyncio.all_tasks()
+            if task is not this
+            and (task._fut_waiter is None or task._fut_waiter.done())  # type: ignore[attr-defined]
+        ]
+        if not busy:
+            return
+    raise AssertionError("tasks never settled (a busy loop?)")
+
+
+@dataclass
+class ScriptedPoller:
+    """A poller answering from a script: a phase, or an exception to raise.
+
+    When the script runs out, ``then`` repeats forever.
+    """
+
+    clock: VirtualClock
+    script: Iterable[Phase | BaseException] = ()
+    then: Phase | BaseException = Phase.IDLE
+    result: int | None = 0
+    latency: float = 0.0
+    relogin: bool = False
+    polled_at: list[float] = field(default_factory=list)
+    results_fetched_at: list[float] = field(default_factory=list)
+    logouts: int = 0
+
+    def __post_init__(self) -> None:
+        self._script = iter(self.script)
+
+    async def poll_phase(self) -> PollResult:
+        """Return or raise the next scripted answer."""
+        self.polled_at.append(self.clock.monotonic())
+        if self.latency:
+            await self.clock.sleep(self.latency)
+        item = next(self._script, self.then)
+        if isinstance(item, BaseException):
+            raise item
+        return PollResult(phase=item, relogin=self.relogin, path=PATH)
+
+    async def restore_result(self) -> int | None:
+        """Return the scripted result hint."""
+        self.results_fetched_at.append(self.clock.monotonic())
+        return self.result
+
+    async def logout(self) -> None:
+        """Count logouts."""
+        self.logouts += 1
+
+
+class BlockingPoller(ScriptedPoller):
+    """A poller whose poll never answers (until cancelled)."""
+
+    async def poll_phase(self) -> PollResult:
+        """Block forever."""
+        self.polled_at.append(self.clock.monotonic())
+        await anyio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+@dataclass
+class ListRecorder:
+    """A recorder that keeps what it was given; ``fail`` makes it raise."""
+
+    calls: list[tuple[str, ServerState, tuple[Event, ...]]] = field(
+        default_factory=list
+    )
+    fail: BaseException | None = None
+
+    async def record(
+        self, server: str, state: ServerState, events: Sequence[Event]
+    ) -> None:
+        """Remember one call (or fail)."""
+        if self.fail is not None:
+            raise self.fail
+        self.calls.append((server, state, tuple(events)))
+
+    def events(self) -> list[Event]:
+        """Return every recorded event in order."""
+        return [event for _, _, events in self.calls for event in events]
+
+
+@dataclass
+class TrackerSpy:
+    """Wraps the real ``step``, keeping every observation and every step it made."""
+
+    observations: list[Observation] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
+
+    def step(
+        self, config: ServerConfig, state: ServerState, observation: Observation
+    ) -> Step:
+        """Step the real tracker and remember what happened."""
+        outcome = watcher.tracker.step(config, state, observation)
+        self.observations.append(observation)
+        self.steps.append(outcome)
+        return outcome
+
+
+@pytest.fixture
+def clock() -> VirtualClock:
+    """Give a virtual clock starting at START."""
+    return VirtualClock()
+
+
+@pytest.fixture
+def tracker(monkeypatch: pytest.MonkeyPatch) -> TrackerSpy:
+    """Spy on the real tracker as the scheduler calls it."""
+    spy = TrackerSpy()
+    monkeypatch.setattr(watcher.scheduler, "step", spy.step)
+    return spy
+
+
+def fleet_of(
+    clock: VirtualClock,
+    pollers: dict[str, ScriptedPoller],
+    recorder: ListRecorder,
+    configs: Sequence[ServerConfig] | None = None,
+    states: dict[str, Any] | None = None,
+) -> Fleet:
+    """Build a fleet without jitter and with a seeded generator."""
+    return Fleet(
+        configs or [server(name) for name in pollers],
+        pollers,
+        recorder,
+        clock,
+        states=states,
+        rng=random.Random(1),
+        jitter=0.0,
+    )
+
+
+async def run_for(fleet: Fleet, clock: VirtualClock, seconds: float) -> None:
+    """Run ``fleet`` for ``seconds`` of virtual time, then cancel it."""
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(fleet.run)
+        await clock.advance(seconds)
+        tg.cancel_scope.cancel()
+
+
+def gaps(times: list[float]) -> list[float]:
+    """Return the differences between consecutive times, rounded."""
+    return [round(b - a, 6) for a, b in itertools.pairwise(times)]
+
+
+# --- the loop -----------------------------------------------------------------
+
+
+async def test_idle_server_polls_at_idle_interval_after_an_offset(
+    clock: VirtualClock, tracker: TrackerSpy
+) -> None:
+    """An idle server's first poll lands within the first interval, then every 30 s."""
+    poller = ScriptedPoller(clock)
+    await run_for(fleet_of(clock, {"a": poller}, ListRecorder()), clock, 300)
+    assert 0 <= poller.polled_at[0] < 30
+    assert gaps(poller.polled_at) == [30.0] * (len(poller.polled_at) - 1)
+    assert len(poller.polled_at) == 10
+
+
+async def test_restore_polls_burst_then_active_then_restart_watch(
+    clock: VirtualClock, tracker: TrackerSpy
+) -> None:
+    """Phase changes burst, a running restore polls at 1 s, COMPLETED at 2 s."""
+    script = [Phase.IDLE, Phase.INITIALIZE, *[Phase.INITIALIZE] * 5, Phase.COMPLETED]
+    poller = ScriptedPoller(clock, script, then=Phase.COMPLETED)
+    await run_for(fleet_of(clock, {"a": poller}, ListRecorder()), clock, 60)
+    assert gaps(poller.polled_at)[:12] == [
+        30.0,  # IDLE -> INITIALIZE: idle interval
+        *[0.25] * 4,  # burst after the transition
+        1.0,  # active
+        1.0,
+        2.0,  # COMPLETED: restart watch
+        2.0,
+        2.0,
+        2.0,
+        2.0,
+    ]
+
+
+async def test_initial_offsets_spread_a_fleet_over_the_first_interval(
+    clock: VirtualClock, tracker: TrackerSpy
+) -> None:
+    """Twenty idle servers start at distinct offsets within [0, idle_interval)."""
+    pollers = {f"s{i}": ScriptedPoller(clock) for i in range(20)}
+    await run_for(fleet_of(clock, pollers, ListRecorder()), clock, 29.999)
+    firsts = [p.polled_at[0] for p in pollers.values()]
+    assert all(len(p.polled_at) == 1 for p in pollers.values())
+    assert len(set(firsts)) == 20
+    assert all(0 <= t < 30 for t in firsts)
+    assert max(firsts) - min(firsts) > 15
+
+
+async def test_observation_is_stamped_with_clock_times_and_latency(
+    clock: VirtualClock, tracker: TrackerSpy
+) -> None:
+    """The scheduler stamps at, monotonic and latency around the poll."""
+    poller = ScriptedPoller(clock, [Phase.IDLE], latency=0.5, relogin=True)
+    await run_for(fleet_of(clock, {"a": poller}, ListRecorder()), clock, 30)
+    [observation] = tracker.observations
+    answered = poller.polled_at[0] + 0.5
+    assert observation == Observation(
+        at=START + timedelta(seconds=answered),
+        monotonic=answered,
+        latency=0.5,
+        phase=Phase.IDLE,
+        relogin=True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("error", "failure"),
+    [
+        (SklmUnreachable("a", "connection refused"), Failure.UNREACHABLE),
+        (SklmProtocolError("a", "HTTP 500"), Failure.PROTOCOL),
+        (SklmTlsError("a", "certificate verify failed"), Failure.TLS),
+        (SklmAuthError("a", "CTGKM6003E"), Failure.AUTH),
+        (SklmError("a", "something else"), Failure.PROTOCOL),
+    ],
+)
+async def test_client_errors_become_failed_observations(
+    clock: VirtualClock, tracker: TrackerSpy, error: SklmError, failure: Failure
+) -> None:
+    """Each client error class maps to its failure kind, with the message as detail."""
+    poller = ScriptedPoller(clock, [error])
+    await run_for(fleet_of(clock, {"a": poller}, ListRecorder()), clock, 29.999)
+    observation = tracker.observations[0]
+    assert observation.failure is failure
+    assert observation.detail == str(error)
+    assert observation.phase is None
+
+
+async def test_errors_back_off_and_recover(
+    clock: VirtualClock, tracker: TrackerSpy
+) -> None:
+    """Failed polls back off exponentially; an answer returns to the idle interval."""
+    down = SklmUnreachable("a", "connection refused")
+    poller = ScriptedPoller(clock, [Phase.IDLE, *[down] * 5, Phase.IDLE])
+    await run_for(fleet_of(clock, {"a": poller}, ListRecorder()), clock, 200)
+    assert gaps(poller.polled_at)[:8] == [30.0, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+
+
+async def test_auth_failure_waits_auth_retry_interval(
+    clock: VirtualClock, tracker: TrackerSpy
+) -> None:
+    """Rejected credentials are retried only after auth_retry_interval."""
+    rejected = SklmAuthError("a", "CTGKM6003E")
+    poller = ScriptedPoller(clock, then=rejected)
+    await run_for(fleet_of(clock, {"a": poller}, ListRecorder()), clock, 1000)
+    assert gaps(poller.polled_at) == [300.0, 300.0, 300.0]
+
+
+# --- restore result and recording ------------------------------------------------
+
+
+async def test_restore_result_fetched_only_when_a_restore_may_have_ended(
+    clock: VirtualClock, tracker: TrackerSpy
+) -> None:
+    """The result hint is fetched once per ending restore and lands in its event."""
+    down = SklmUnreachable("a", "restarting")
+    script: list[Phase | BaseException] = [
+        Phase.IDLE,  # first answer: nothing to end
+        Phase.IDLE,
+        Phase.INITIALIZE,
+        Phase.RESTORE_DATABASES,
+        Phase.COMPLETED,  # reached COMPLETED: fetch
+        Phase.COMPLETED,  # still COMPLETED: already fetched
+        down,
+        Phase.IDLE,  # back after the restart: the hint has reset, no fetch
+        Phase.INITIALIZE,
+        Phase.IDLE,  # dropped back to IDLE: a failed restore, fetch
+        Phase.COMPLETED,  # straight from IDLE: a fast restore, fetch
+        down,
+        Phase.IDLE,
+        Phase.INITIALIZE,
+        Phase.CLEANUP,
+        down,  # gone after CLEANUP: the restart began before COMPLETED was seen
+        Phase.IDLE,  # back: completed while away, fetch
+        Phase.IDLE,
+    ]
+    poller = ScriptedPoller(clock, script, result=1)
+    await run_for(fleet_of(clock, {"a": poller}, ListRecorder()), clock, 600)
+    fetched = [o.result == 1 for o in tracker.observations[: len(script)]]
+    assert [i for i, hit in enumerate(fetched) if hit] == [4, 9, 10, 16]
+    assert len(poller.results_fetched_at) == 4
+    endings = [
+        (event.type, event.data["result"])
+        for outcome in tracker.steps
+        for event in outcome.events
+        if event.type in (EventType.RESTORE_COMPLETED, EventType.RESTORE_FAILED)
+    ]
+    assert endings == [
+        (EventType.RESTORE_COMPLETED, 1),
+        (EventType.RESTORE_FAILED, 1),
+        (EventType.RESTORE_COMPLETED, 1),
+        (EventType.RESTORE_COMPLETED, 1),
+    ]
+
+
+async def test_recorder_called_only_when_the_step_says_save(
+    clock: VirtualClock, tracker: TrackerSpy
+) -> None:
+    """The recorder gets exactly the steps marked save, and nothing per quiet poll."""
+    down = SklmUnreachable("a", "connection refused")
+    script: list[Phase | BaseException] = [
+        *[Phase.IDLE] * 5,
+        down,
+        Phase.IDLE,
+        Phase.INITIALIZE,
+        *[Phase.INITIALIZE] * 10,
+        Phase.CLEANUP,
+    ]
+    poller = ScriptedPoller(clock, script, then=Phase.CLEANUP)
+    recorder = ListRecorder()
+    await run_for(fleet_of(clock, {"a": poller}, recorder), clock, 300)
+    saved = [("a", o.state, o.events) for o in tracker.steps if o.save]
+    assert recorder.calls == saved
+    assert len(saved) == 5  # first answer, outage, recovery, start, CLEANUP
+    assert len(tracker.steps) > 30
+
+
+async def test_recorder_failure_keeps_the_old_state_and_retries(
+    clock: VirtualClock, tracker: TrackerSpy, logs: list[dict[str, Any]]
+) -> None:
+    """If recording fails the state is not adopted, so the next poll derives the events again."""
+    recorder = ListRecorder(fail=OSError("disk full"))
+    poller = ScriptedPoller(clock, then=Phase.INITIALIZE)
+    fleet = fleet_of(clock, {"a": poller}, recorder)
+    await run_for(fleet, clock, 30)
+    crashes = [entry for entry in logs if entry["event"] == WATCH_CRASHED]
+    assert len(crashes) == len(poller.polled_at) > 3
+    assert fleet.states()["a"] == ServerState()
+    recorder.fail = None
+    await run_for(fleet, clock, 30)
+    assert [e.type for e in recorder.events()] == [
+        EventType.RESTORE_STARTED,
+        EventType.RESTORE_PHASE,
+    ]
+    assert fleet.states()["a"].phase is Phase.INITIALIZE
+    assert fleet.states()["a"].restore_active
+
+
+# --- supervision and cancellation ------------------------------------------------
+
+
+async def test_one_servers_bug_does_not_stop_another_server(
+    clock: VirtualClock, tracker: TrackerSpy, logs: list[dict[str, Any]]
+) -> None:
+    """A poller raising RuntimeError every time is logged and retried; others poll on."""
+    broken = ScriptedPoller(clock, then=RuntimeError("bug in the client"))
+    healthy = ScriptedPoller(clock)
+    fleet = fleet_of(clock, {"broken": broken, "healthy": healthy}, ListRecorder())
+    await run_for(fleet, clock, 600)
+    assert len(healthy.polled_at) == 20
+    # Backoff: 1, 2, 4, ... capped at max_backoff, so about 15 tries in 10 minutes.
+    assert 10 <= len(broken.polled_at) <= 20
+    crashes = [entry for entry in logs if entry["event"] == WATCH_CRASHED]
+    assert len(crashes) == len(broken.polled_at)
+    assert {entry["server"] for entry in crashes} == {"broken"}
+    assert all(entry["exc_info"] is True for entry in crashes)
+    assert crashes[0]["log_level"] == "error"
+    stats = fleet.stats()
+    assert stats["broken"].crashes == len(broken.polled_at)
+    assert stats["healthy"].crashes == 0
+
+
+async def test_cancellation_propagates_out_of_a_blocked_poll(
+    clock: VirtualClock, tracker: TrackerSpy, logs: list[dict[str, Any]]
+) -> None:
+    """Cancelling Fleet.run ends it at once, even with a poll in flight, without a crash log."""
+    stuck = BlockingPoller(clock)
+    healthy = ScriptedPoller(clock)
+    fleet = fleet_of(clock, {"stuck": stuck, "healthy": healthy}, ListRecorder())
+    finished = False
+
+    async def run() -> None:
+        nonlocal finished
+        await fleet.run()
+        finished = True  # pragma: no cover - run never returns normally
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        await clock.advance(40)
+        assert len(stuck.polled_at) == 1
+        tg.cancel_scope.cancel()
+    assert not finished
+    assert not [entry for entry in logs if entry["event"] == WATCH_CRASHED]
+
+
+async def test_cancellation_raised_inside_a_poll_is_not_swallowed(
+    clock: VirtualClock, tracker: TrackerSpy
+) -> None:
+    """A cancellation surfacing from the poller propagates instead of being retried."""
+    poller = ScriptedPoller(clock, then=asyncio.CancelledError())
+    watch = ServerWatch(
+        server("a"),
+        poller,
+        ListRecorder(),
+        clock,
+        state=ServerState(),
+        rng=random.Random(0),
+        jitter=0.0,
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch.run)
+        await clock.advance(30)
+    assert len(poller.polled_at) == 1
+    assert watch.crashes == 0
+
+
+# --- logging and counters --------------------------------------------------------
+
+
+async def test_logs_debug_per_poll_and_info_per_event(
+    clock: VirtualClock, tracker: TrackerSpy, logs: list[dict[str, Any]]
+) -> None:
+    """Polls log at debug; each recorded event logs one info line."""
+    down = SklmUnreachable("a", "connection refused")
+    poller = ScriptedPoller(clock, [Phase.IDLE, down, Phase.INITIALIZE])
+    await run_for(fleet_of(clock, {"a": poller}, ListRecorder()), clock, 35.1)
+    polls = [e for e in logs if e["event"] in (POLL_OK, POLL_FAILED)]
+    assert {e["log_level"] for e in polls} == {"debug"}
+    assert [e["event"] for e in polls] == [POLL_OK, POLL_FAILED, POLL_OK]
+    assert polls[1]["failure"] is Failure.UNREACHABLE
+    infos = [e for e in logs if e["log_level"] == "info"]
+    assert [(e["event"], e["type"], e["server"], e["phase"]) for e in infos] == [
+        (EVENT, "sklm.restore.started", "a", "INITIALIZE"),
+        (EVENT, "sklm.restore.phase", "a", "INITIALIZE"),
+    ]
+
+
+async def test_stats_count_polls_and_keep_the_last_latency(
+    clock: VirtualClock, tracker: TrackerSpy
+) -> None:
+    """Fleet.stats reports per-server poll counters and the last poll's time and latency."""
+    down = SklmUnreachable("a", "connection refused")
+    poller = ScriptedPoller(clock, [Phase.IDLE, down, down], latency=0.25)
+    fleet = fleet_of(clock, {"a": poller}, ListRecorder())
+    assert fleet.stats() == {"a": WatchStats(None, None, 0, 0, 0)}
+    await run_for(fleet, clock, 40)
+    last = poller.polled_at[-1] + 0.25
+    assert fleet.stats()["a"] == WatchStats(
+        last_poll_at=START + timedelta(seconds=last),
+        last_latency=0.25,
+        polls_ok=len(poller.polled_at) - 2,
+        polls_failed=2,
+        crashes=0,
+    )
+
+
+# --- fleet construction and reconfiguration ---------------------------------------
+
+
+def test_fleet_rejects_bad_jitter_and_missing_pollers(clock: VirtualClock) -> None:
+    """A jitter outside [0, 1] or a server without a poller is a ValueError."""
+    poller = ScriptedPoller(clock)
+    with pytest.raises(ValueError, match="jitter"):
+        Fleet([server("a")], {"a": poller}, ListRecorder(), clock, jitter=2.0)
+    with pytest.raises(ValueError, match="no poller for server b"):
+        Fleet([server("b")], {"a": poller}, ListRecorder(), clock)
+
+
+def test_fleet_resumes_from_given_states(clock: VirtualClock) -> None:
+    """States passed in (from the journal) are the fleet's starting states."""
+    resumed = replace(ServerState(), phase=Phase.RESTORE_KEYSTORES)
+    pollers = {"a": ScriptedPoller(clock), "b": ScriptedPoller(clock)}
+    fleet = fleet_of(clock, pollers, ListRecorder(), states={"a": resumed})
+    assert fleet.states() == {"a": resumed, "b": ServerState()}
+
+
+async def test_reconfigure_adds_removes_restarts_and_keeps_state(
+    clock: VirtualClock, tracker: TrackerSpy
+) -> None:
+    """Reload starts new servers, stops removed ones, restarts changed ones with their state."""
+    pollers = {
+        "keep": ScriptedPoller(clock, then=Phase.IDLE),
+        "drop": ScriptedPoller(clock),
+        "change": ScriptedPoller(clock, then=Phase.RESTORE_DATABASES),
+    }
+    fleet = fleet_of(clock, pollers, ListRecorder())
+    new_change = ScriptedPoller(clock, then=Phase.RESTORE_DATABASES)
+    added = ScriptedPoller(clock)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(fleet.run)
+        await clock.advance(60)
+        keep_state = fleet.states()["keep"]
+        change_state = fleet.states()["change"]
+        assert change_state.phase is Phase.RESTORE_DATABASES
+        polls = {name: len(p.polled_at) for name, p in pollers.items()}
+        await fleet.reconfigure(
+            [server("keep"), server("change", active_interval=0.5), server("new")],
+            {"keep": pollers["keep"], "change": new_change, "new": added},
+        )
+        assert sorted(fleet.states()) == ["change", "keep", "new"]
+        assert fleet.states()["keep"] is keep_state
+        assert fleet.states()["change"] is change_state
+        assert fleet.states()["new"] == ServerState()
+        await clock.advance(60)
+        tg.cancel_scope.cancel()
+    assert pollers["drop"].logouts == 1
+    assert pollers["change"].logouts == 1
+    assert pollers["keep"].logouts == 0
+    assert len(pollers["drop"].polled_at) == polls["drop"]
+    assert len(pollers["change"].polled_at) == polls["change"]
+    # The unchanged server kept its rhythm; the changed one resumed mid-restore at 0.5 s.
+    assert gaps(pollers["keep"].polled_at) == [30.0] * (
+        len(pollers["keep"].polled_at) - 1
+    )
+    assert len(pollers["keep"].polled_at) == polls["keep"] + 2
+    assert gaps(new_change.polled_at)[1:] == [0.5] * (len(new_change.polled_at) - 2)
+    assert len(added.polled_at) >= 2
+    # The restarted watch kept its counters.
+    assert fleet.stats()["change"].polls_ok == polls["change"] + len(
+        new_change.polled_at
+    )
+
+
+async def test_reconfigure_before_run_takes_effect_when_run_starts(
+    clock: VirtualClock, tracker: TrackerSpy
+) -> None:
+    """A reload before the fleet runs just changes what run() will start."""
+    first = ScriptedPoller(clock)
+    second = ScriptedPoller(clock)
+    fleet = fleet_of(clock, {"a": first}, ListRecorder())
+    await fleet.reconfigure([server("b")], {"b": second})
+    await run_for(fleet, clock, 30)
+    assert first.polled_at == []
+    assert first.logouts == 1
+    assert len(second.polled_at) == 1
+
+
+async def test_reconfigure_with_a_missing_poller_changes_nothing(
+    clock: VirtualClock,
+) -> None:
+    """A reload naming a server without a poller is rejected before anything stops."""
+    poller = ScriptedPoller(clock)
+    fleet = fleet_of(clock, {"a": poller}, ListRecorder())
+    with pytest.raises(ValueError, match="no poller for server b"):
+        await fleet.reconfigure([server("b")], {"a": poller})
+    assert sorted(fleet.states()) == ["a"]
+    assert poller.logouts == 0
+
+
+async def test_reconfigure_survives_a_logout_that_raises(
+    clock: VirtualClock, logs: list[dict[str, Any]]
+) -> None:
+    """A removed server's broken logout is logged and the reload still completes."""
+
+    class BrokenLogout(ScriptedPoller):
+        async def logout(self) -> None:
+            raise RuntimeError("logout bug")
+
+    first = BrokenLogout(clock)
+    second = ScriptedPoller(clock)
+    fleet = fleet_of(clock, {"a": first}, ListRecorder())
+    await fleet.reconfigure([server("b")], {"b": second})
+    assert sorted(fleet.states()) == ["b"]
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == [
+        "watch.logout_failed"
+    ]
+
+
+async def test_system_clock_reads_real_time() -> None:
+    """SystemClock gives aware UTC now, a monotonic reading and a working sleep."""
+    clock = SystemClock()
+    before = clock.monotonic()
+    await clock.sleep(0)
+    assert clock.monotonic() >= before
+    assert clock.now().tzinfo is UTC

@@ -1,0 +1,260 @@
+"""Poll cadence: how long one server's loop waits before its next poll.
+
+Pure: the delay is a function of the server's config, its tracker state (after the
+step), the last observation and a small :class:`Cadence` value the per-server loop
+owns (burst and error counters). Randomness comes from an injected
+``random.Random``; nothing here reads a clock.
+
+Rules, first match wins:
+
+1. Failure ``AUTH`` → ``auth_retry_interval``: rejected credentials are a
+   configuration problem, and hammering the login would lock the account out.
+2. Any other failure → exponential backoff (tenacity), starting at
+   ``min(active_interval, 1.0)`` and doubling per consecutive failure, capped at
+   ``max_backoff``; tighter while it matters: at most ``restart_interval`` while
+   awaiting the restart after a restore (the server is *expected* to be away, and we
+   want to see it come back), at most ``4 * active_interval`` while a restore runs.
+3. Awaiting the restart after COMPLETED → ``restart_interval``.
+4. Within ``burst_polls`` polls after a phase change → ``burst_interval`` (never
+   slower than the steady interval): the next phase may last milliseconds.
+5. A restore is running → ``active_interval``.
+6. Otherwise → ``idle_interval``.
+
+Every delay is then spread by ``± jitter`` of itself (a backoff's cap stays a hard
+ceiling), so a fleet does not poll in lock-step.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Final, Protocol, cast
+
+from tenacity import wait_exponential
+
+from watcher.config import ServerConfig
+from watcher.phases import Phase
+from watcher.tracker import Failure, Observation
+
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
+
+#: The first error backoff never exceeds this (seconds), whatever ``active_interval``.
+FIRST_BACKOFF_MAX: Final = 1.0
+#: While a restore runs, errors back off to at most this many ``active_interval``s.
+ACTIVE_BACKOFF_FACTOR: Final = 4.0
+
+
+class WatchedState(Protocol):
+    """What cadence reads from a tracker state (``ServerState`` satisfies it)."""
+
+    @property
+    def phase(self) -> Phase | None:
+        """The last phase observed or inferred."""
+        ...
+
+    @property
+    def restore_active(self) -> bool:
+        """Whether a restore is running."""
+        ...
+
+    @property
+    def awaiting_restart(self) -> bool:
+        """Whether the server should restart (or is restarting) after a restore."""
+        ...
+
+
+class Mode(StrEnum):
+    """Which cadence rule chose the last delay (for logs and status)."""
+
+    IDLE = "idle"
+    ACTIVE = "active"
+    BURST = "burst"
+    RESTART = "restart"
+    BACKOFF = "backoff"
+    AUTH = "auth"
+
+
+@dataclass(frozen=True, slots=True)
+class Cadence:
+    """The cadence memory of one server's loop, carried from one poll to the next.
+
+    Args:
+        last_phase: The phase the last successful poll reported (a change starts a
+            burst); None before the first answer.
+        burst_left: Polls still to run at ``burst_interval``.
+        error_attempt: Consecutive failed polls (or crashed iterations); 0 after a
+            success.
+        mode: The rule that chose the last delay.
+    """
+
+    last_phase: Phase | None = None
+    burst_left: int = 0
+    error_attempt: int = 0
+    mode: Mode = Mode.IDLE
+
+    @classmethod
+    def start(cls, state: WatchedState) -> Cadence:
+        """Return the cadence for a loop starting (or resuming) with ``state``."""
+        return cls(last_phase=state.phase, mode=_steady(state))
+
+
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    """The one field of tenacity's ``RetryCallState`` its wait strategies read."""
+
+    attempt_number: int
+
+
+def steady_interval(config: ServerConfig, state: WatchedState) -> float:
+    """Return the interval without burst, errors or jitter: restart, active or idle."""
+    if state.awaiting_restart:
+        return config.restart_interval
+    if state.restore_active:
+        return config.active_interval
+    return config.idle_interval
+
+
+def initial_delay(
+    config: ServerConfig, state: WatchedState, rng: random.Random
+) -> float:
+    """Return the offset of a server's first poll, uniform in [0, first interval).
+
+    Spreads a fleet's first polls over one interval instead of all at start-up.
+    """
+    return steady_interval(config, state) * rng.random()
+
+
+def backoff_cap(config: ServerConfig, state: WatchedState) -> float:
+    """Return the longest error backoff allowed in ``state``."""
+    cap = config.max_backoff
+    if state.awaiting_restart:
+        return min(cap, config.restart_interval)
+    if state.restore_active:
+        return min(cap, config.active_interval * ACTIVE_BACKOFF_FACTOR)
+    return cap
+
+
+def backoff(config: ServerConfig, state: WatchedState, attempt: int) -> float:
+    """Return the error backoff (before jitter) after ``attempt`` consecutive errors.
+
+    ``min(active_interval, 1.0) * 2 ** (attempt - 1)``, capped by :func:`backoff_cap`,
+    computed by tenacity's ``wait_exponential`` (its jittered twin draws from the
+    global ``random``; ours must come from the injected generator).
+    """
+    wait = wait_exponential(
+        multiplier=min(config.active_interval, FIRST_BACKOFF_MAX),
+        max=backoff_cap(config, state),
+    )
+    return wait(cast("RetryCallState", _Attempt(max(attempt, 1))))
+
+
+def jittered(interval: float, jitter: float, rng: random.Random) -> float:
+    """Return ``interval`` spread uniformly by ``± jitter`` of itself (0 <= jitter <= 1)."""
+    if jitter <= 0.0:
+        return interval
+    return interval * (1.0 + jitter * (2.0 * rng.random() - 1.0))
+
+
+def next_poll(
+    config: ServerConfig,
+    state: WatchedState,
+    observation: Observation,
+    cadence: Cadence,
+    *,
+    rng: random.Random,
+    jitter: float,
+) -> tuple[float, Cadence]:
+    """Return the delay until the next poll and the cadence to carry to it.
+
+    Args:
+        config: The server's configuration.
+        state: The tracker state *after* stepping ``observation``.
+        observation: The poll just made.
+        cadence: The cadence carried from the previous poll.
+        rng: The source of jitter.
+        jitter: Fraction (0..1) by which the delay is spread.
+
+    Returns:
+        The delay in seconds, and the new cadence (``cadence`` itself when nothing
+        changed, the common idle case).
+    """
+    failure = observation.failure
+    if failure is not None:
+        attempt = cadence.error_attempt + 1
+        if failure is Failure.AUTH:
+            mode = Mode.AUTH
+            delay = jittered(config.auth_retry_interval, jitter, rng)
+        else:
+            mode = Mode.BACKOFF
+            delay = min(
+                jittered(backoff(config, state, attempt), jitter, rng),
+                backoff_cap(config, state),
+            )
+        # An error interrupts a burst: its phase information is stale.
+        return delay, Cadence(cadence.last_phase, 0, attempt, mode)
+
+    phase = observation.phase
+    previous = cadence.last_phase
+    burst_left = (
+        config.burst_polls
+        if previous is not None and phase is not previous
+        else cadence.burst_left
+    )
+    if state.awaiting_restart:
+        mode, interval, burst_left = Mode.RESTART, config.restart_interval, 0
+    elif burst_left > 0:
+        mode = Mode.BURST
+        interval = min(config.burst_interval, steady_interval(config, state))
+        burst_left -= 1
+    elif state.restore_active:
+        mode, interval = Mode.ACTIVE, config.active_interval
+    else:
+        mode, interval = Mode.IDLE, config.idle_interval
+    delay = jittered(interval, jitter, rng)
+    if (
+        phase is previous
+        and mode is cadence.mode
+        and burst_left == cadence.burst_left
+        and cadence.error_attempt == 0
+    ):
+        return delay, cadence
+    return delay, Cadence(phase, burst_left, 0, mode)
+
+
+def after_crash(
+    config: ServerConfig,
+    state: WatchedState,
+    cadence: Cadence,
+    *,
+    rng: random.Random,
+    jitter: float,
+) -> tuple[float, Cadence]:
+    """Return the delay after an iteration crashed (a bug, a journal failure).
+
+    Paced like a failed poll (backoff with the same caps), so a persistent bug
+    neither spins nor stops watching a restore closely.
+    """
+    attempt = cadence.error_attempt + 1
+    delay = min(
+        jittered(backoff(config, state, attempt), jitter, rng),
+        backoff_cap(config, state),
+    )
+    return delay, Cadence(cadence.last_phase, 0, attempt, Mode.BACKOFF)
+
+
+def _steady(state: WatchedState) -> Mode:
+    if state.awaiting_restart:
+        return Mode.RESTART
+    if state.restore_active:
+        return Mode.ACTIVE
+    return Mode.IDLE
+
+
+def check_jitter(jitter: float) -> float:
+    """Return ``jitter`` if it is a fraction in [0, 1]; raise ValueError otherwise."""
+    if not (math.isfinite(jitter) and 0.0 <= jitter <= 1.0):
+        raise ValueError(f"jitter must be between 0 and 1, got {jitter!r}")
+    return jitter

@@ -1,0 +1,720 @@
+"""The SKLM REST client: login, one re-login, restore progress, TLS, bounded bodies.
+
+One :class:`SklmClient` per server, all sharing the one ``aiohttp.ClientSession``
+that :func:`create_session` builds for the process. Every aiohttp, ssl and socket
+exception is translated here, once, into the ``SklmError`` tree of
+:mod:`watcher.errors`; nothing above this module sees a foreign exception::
+
+    ServerFingerprintMismatch, ClientConnectorCertificateError,
+    ClientSSLError, ssl.SSLError                     -> SklmTlsError
+    ClientConnectorError, ServerDisconnectedError, ClientOSError,
+    ClientPayloadError, TimeoutError, other ClientError -> SklmUnreachable
+    ClientResponseError (malformed HTTP), InvalidURL,
+    3xx, unexpected status, bad or oversized body    -> SklmProtocolError
+    401 at login (CTGKM6003E), session rejected
+    right after a fresh login                        -> SklmAuthError
+
+Session expiry (401 CTGKM6004E, 400 CTGKM6002E) is the private ``_SessionExpired``:
+it triggers exactly one re-login per poll and never escapes.
+
+TLS trust comes from the server's configuration alone, never from ``SSL_CERT_FILE``,
+``SSL_CERT_DIR`` or proxy variables: ``ca_file`` is the only trust anchor when set;
+``tls_fingerprint`` pins the leaf certificate (``aiohttp.Fingerprint``), which
+*replaces* CA and host-name checks, as an operator pinning a self-signed
+certificate wants; ``verify_tls = false`` turns verification off; otherwise
+OpenSSL's compiled-in system store is used.
+
+The client never reads the clock and is meant to be driven by one task per server
+(the scheduler's): calls on one instance must not overlap.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import ssl
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Final, TypeVar
+
+import aiohttp
+import structlog
+from yarl import URL
+
+from watcher.config import Secret, ServerConfig
+from watcher.errors import (
+    SklmAuthError,
+    SklmError,
+    SklmProtocolError,
+    SklmTlsError,
+    SklmUnreachable,
+)
+from watcher.phases import Phase
+
+#: The most bytes of a response body read (after decompression); more is an error.
+MAX_BODY_BYTES: Final = 64 * 1024
+#: The longest session id accepted from a login answer.
+MAX_SESSION_ID_CHARS: Final = 4096
+#: Longest excerpt of an offending value put in an error message.
+MAX_EXCERPT_CHARS: Final = 80
+
+#: Progress paths under ``api_base``, in the order discovery tries them: IBM's
+#: 4.1.x OpenAPI files and Java client use the first, the 4.2+ docs' URL line
+#: the second.
+PROGRESS_PATHS: Final = ("/ckms/restore/progress", "/ckms/backupRestore/progress")
+LOGIN_PATH: Final = "/ckms/login"
+LOGOUT_PATH: Final = "/ckms/logout"
+RESULT_PATH: Final = "/ckms/restore/result"
+VERSION_PATH: Final = "/ckms/versionInfo"
+
+#: Connections kept alive in total are at least this many (aiohttp's default).
+MIN_CONNECTIONS: Final = 100
+#: Connections per host: one client polls its server from one task; sinks share it.
+CONNECTIONS_PER_HOST: Final = 4
+#: Idle keep-alive beyond the longest idle interval, covering jitter and latency.
+KEEPALIVE_FACTOR: Final = 1.25
+KEEPALIVE_MARGIN: Final = 5.0
+
+LOG_LOGIN: Final = "client.login"
+LOG_RELOGIN: Final = "client.relogin"
+LOG_PATH_DISCOVERED: Final = "client.path_discovered"
+LOG_LOGOUT: Final = "client.logout"
+LOG_BEST_EFFORT_FAILED: Final = "client.best_effort_failed"
+
+_CREDENTIALS_REJECTED: Final = "CTGKM6003E"
+_SESSION_REJECTED: Final = frozenset({"CTGKM6004E", "CTGKM6002E"})
+_CTGKM_ID = re.compile(r"CTGKM\d{4}[A-Z]")
+_SESSION_ID_CHARS = re.compile(r"[\x21-\x7e]+")
+_JSON_HEADERS: Final[Mapping[str, str]] = {
+    "Accept": "application/json",
+    "Content-Type": "application/json",
+}
+
+_log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class PollResult:
+    """What one successful progress poll saw.
+
+    Attributes:
+        phase: The phase SKLM reported.
+        relogin: True when the server rejected a session id that had worked
+            before and one fresh login then succeeded (a hint of a restart).
+        path: The progress path that answered (absolute, e.g.
+            ``/SKLM/rest/v1/ckms/restore/progress``).
+    """
+
+    phase: Phase
+    relogin: bool
+    path: str
+
+
+def create_session(servers: Sequence[ServerConfig]) -> aiohttp.ClientSession:
+    """Build the process's one ``aiohttp.ClientSession``, sized for the fleet.
+
+    Call it inside the running event loop and close it with ``await
+    session.close()`` (or ``async with``). Connections stay alive longer than the
+    longest idle interval so an idle fleet does not reconnect (and re-handshake
+    TLS) on every poll. The environment changes nothing (``trust_env=False``: no
+    proxies, no netrc), cookies are not kept, and no default header carries a
+    secret: TLS settings and credentials are given per request by each client.
+    """
+    longest_idle = max((s.idle_interval for s in servers), default=30.0)
+    connector = aiohttp.TCPConnector(
+        limit=max(MIN_CONNECTIONS, 2 * len(servers)),
+        limit_per_host=CONNECTIONS_PER_HOST,
+        keepalive_timeout=longest_idle * KEEPALIVE_FACTOR + KEEPALIVE_MARGIN,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        trust_env=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        headers={"User-Agent": "sklm-watcher"},
+    )
+
+
+class _SessionExpired(Exception):
+    """The server rejected the session id (CTGKM6004E / CTGKM6002E)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    status: int
+    body: bytes
+    content_type: str
+
+
+class SklmClient:
+    """Talks to one SKLM server: login, progress, restore result, version, logout.
+
+    Args:
+        server: The server's configuration (URL, credentials, TLS, paths, timeout).
+        session: The process's shared session from :func:`create_session`.
+    """
+
+    def __init__(self, server: ServerConfig, session: aiohttp.ClientSession) -> None:
+        self._server = server
+        self._name = server.name
+        self._http = session
+        self._timeout = aiohttp.ClientTimeout(total=server.timeout)
+        base = server.url.rstrip("/") + server.api_base.rstrip("/")
+        self._api_base = server.api_base.rstrip("/")
+        self._login_url = URL(base + LOGIN_PATH)
+        self._logout_url = URL(base + LOGOUT_PATH)
+        self._result_url = URL(base + RESULT_PATH)
+        self._version_url = URL(base + VERSION_PATH)
+        origin = server.url.rstrip("/")
+        self._origin = origin
+        # An explicit progress path is used as is; otherwise discovered, then kept.
+        self._candidates: tuple[str, ...] = tuple(
+            self._api_base + p for p in PROGRESS_PATHS
+        )
+        self._progress_path: str | None = server.progress_path
+        self._progress_urls: dict[str, URL] = {}
+        self._session_id: Secret | None = None
+        self._auth_headers: Mapping[str, str] | None = None
+        self._session_worked = False
+        self._tls_problem: str | None = None
+        self._ssl: ssl.SSLContext | aiohttp.Fingerprint | bool = True
+        if URL(origin).scheme == "https":
+            try:
+                self._ssl = _ssl_for(server)
+            except (OSError, ValueError) as exc:
+                # One server's unreadable ca_file must not stop the fleet: its
+                # every request reports it instead.
+                self._tls_problem = f"cannot use its TLS settings ({_os_reason(exc)})"
+
+    @property
+    def name(self) -> str:
+        """The server's configured name."""
+        return self._name
+
+    # -- public operations -------------------------------------------------
+
+    async def poll_phase(self) -> PollResult:
+        """Read the current restore phase, logging in (or once again) as needed.
+
+        Raises:
+            SklmUnreachable: No answer (connect, reset, timeout).
+            SklmTlsError: Certificate not trusted or pin mismatch.
+            SklmAuthError: Credentials rejected, or a fresh session rejected.
+            SklmProtocolError: Unexpected status, or a malformed or oversized body.
+        """
+        (phase, path), relogin = await self._authenticated(self._read_progress)
+        return PollResult(phase=phase, relogin=relogin, path=path)
+
+    async def restore_result(self) -> int | None:
+        """Return the outcome code of the last restore, or None on any failure.
+
+        A hint only (IBM does not document the values): never raises ``SklmError``.
+        A rejected session is left for the next poll to notice (and re-login).
+        """
+        data = await self._best_effort_get(self._result_url)
+        if data is None:
+            return None
+        for key in ("result", "code"):
+            value = _get_ci(data, key)
+            number = _as_int(value, allow_negative=True)
+            if number is not None:
+                return number
+        return None
+
+    async def version(self) -> str | None:
+        """Return the server's ``tklm_version`` (e.g. ``"4.2.1.0"``), or None."""
+        data = await self._best_effort_get(self._version_url)
+        if data is None:
+            return None
+        value = _get_ci(data, "tklm_version")
+        if isinstance(value, str) and 0 < len(value) <= 64 and value.isprintable():
+            return value
+        return None
+
+    async def logout(self) -> None:
+        """End the session on the server, best effort; never raises ``SklmError``.
+
+        The session is forgotten first, so even a failed or cancelled logout
+        leaves the client to log in afresh. Cancellation propagates.
+        """
+        session_id = self._session_id
+        if session_id is None:
+            return
+        self._forget_session()
+        body = {"userAuthId": session_id.reveal()}
+        try:
+            await self._request(
+                "DELETE", self._logout_url, body=body, session_id=session_id
+            )
+        except (SklmError, _SessionExpired):
+            return
+        except Exception as exc:  # noqa: BLE001 - promised never to raise (shutdown)
+            _log.debug(LOG_BEST_EFFORT_FAILED, server=self._name, error=_name_of(exc))
+            return
+        _log.debug(LOG_LOGOUT, server=self._name)
+
+    # -- sessions ----------------------------------------------------------
+
+    async def _authenticated(self, op: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
+        """Run ``op`` with a session; re-login once if an older session is rejected.
+
+        Returns ``op``'s result and whether a session that had worked was
+        replaced by a fresh one.
+        """
+        fresh = False
+        if self._session_id is None:
+            await self._login()
+            fresh = True
+        try:
+            return await op(), False
+        except _SessionExpired:
+            if fresh:
+                self._forget_session()
+                raise SklmAuthError(
+                    self._name, "session rejected right after login"
+                ) from None
+            had_worked = self._session_worked
+            self._forget_session()
+        _log.debug(LOG_RELOGIN, server=self._name)
+        await self._login()
+        try:
+            result = await op()
+        except _SessionExpired:
+            self._forget_session()
+            raise SklmAuthError(
+                self._name, "session rejected right after login"
+            ) from None
+        return result, had_worked
+
+    async def _login(self) -> None:
+        body = {
+            "userid": self._server.username,
+            "password": self._server.password.reveal(),
+        }
+        reply = await self._request("POST", self._login_url, body=body)
+        if reply.status == 401:
+            code = _ctgkm_id(reply.body)
+            why = f" ({code})" if code else ""
+            raise SklmAuthError(
+                self._name,
+                f"login rejected the credentials of user "
+                f"{self._server.username!r}{why}",
+            )
+        if reply.status != 200:
+            raise SklmProtocolError(
+                self._name, f"login answered {self._describe_status(reply)}"
+            )
+        # The login answer holds the session id: never quote its body.
+        data = _json_object(reply.body)
+        if data is None:
+            raise SklmProtocolError(self._name, "login answered without a JSON object")
+        value = next(
+            (v for k, v in data.items() if k.lower() == "userauthid"),
+            None,
+        )
+        if not isinstance(value, str) or not value:
+            raise SklmProtocolError(self._name, "login answered without a session id")
+        if len(value) > MAX_SESSION_ID_CHARS:
+            raise SklmProtocolError(
+                self._name,
+                f"login answered a session id longer than "
+                f"{MAX_SESSION_ID_CHARS} characters",
+            )
+        if not _SESSION_ID_CHARS.fullmatch(value):
+            raise SklmProtocolError(
+                self._name, "login answered a session id with unusable characters"
+            )
+        self._session_id = Secret(value)
+        self._auth_headers = {
+            **_JSON_HEADERS,
+            "Authorization": f"SKLMAuth userAuthId={value}",
+        }
+        self._session_worked = False
+        _log.debug(LOG_LOGIN, server=self._name, user=self._server.username)
+
+    def _forget_session(self) -> None:
+        self._session_id = None
+        self._auth_headers = None
+        self._session_worked = False
+
+    async def _best_effort_get(self, url: URL) -> dict[str, Any] | None:
+        try:
+            if self._session_id is None:
+                await self._login()
+            reply = await self._request("GET", url, session_id=self._session_id)
+        except (SklmError, _SessionExpired):
+            return None
+        except Exception as exc:  # noqa: BLE001 - a hint must never break a poll
+            _log.debug(LOG_BEST_EFFORT_FAILED, server=self._name, error=_name_of(exc))
+            return None
+        if reply.status != 200:
+            return None
+        return _json_object(reply.body)
+
+    # -- progress ----------------------------------------------------------
+
+    async def _read_progress(self) -> tuple[Phase, str]:
+        known = self._progress_path
+        if known is not None:
+            reply = await self._get_progress(known)
+            return self._parse_progress(reply, known), known
+        for path in self._candidates:
+            reply = await self._get_progress(path)
+            if reply.status == 404 and _ctgkm_id(reply.body) is None:
+                continue  # no such path on this server: try the other
+            if reply.status == 200:
+                self._progress_path = path
+                _log.debug(LOG_PATH_DISCOVERED, server=self._name, path=path)
+            return self._parse_progress(reply, path), path
+        first, second = self._candidates
+        raise SklmProtocolError(
+            self._name,
+            f"neither {first} nor {second} exists (both answered HTTP 404)",
+        )
+
+    async def _get_progress(self, path: str) -> _Reply:
+        url = self._progress_urls.get(path)
+        if url is None:
+            url = self._progress_urls[path] = URL(self._origin + path)
+        return await self._request("GET", url, session_id=self._session_id)
+
+    def _parse_progress(self, reply: _Reply, path: str) -> Phase:
+        if reply.status != 200:
+            raise SklmProtocolError(
+                self._name, f"{path} answered {self._describe_status(reply)}"
+            )
+        try:
+            return _parse_progress_body(reply.body, reply.content_type)
+        except _BadBody as exc:
+            detail = exc.detail
+        # Raised outside the handler: the unscrubbed detail stays out of __context__.
+        raise SklmProtocolError(self._name, f"{path}: {self._scrub(detail)}")
+
+    # -- HTTP --------------------------------------------------------------
+
+    async def _request(
+        self,
+        method: str,
+        url: URL,
+        *,
+        body: Mapping[str, str] | None = None,
+        session_id: Secret | None = None,
+    ) -> _Reply:
+        """Send one request and read its body (capped); translate every failure.
+
+        With ``session_id``, the request is authenticated and a session rejection
+        raises ``_SessionExpired``.
+        """
+        if self._tls_problem is not None:
+            raise SklmTlsError(self._name, self._tls_problem)
+        if session_id is None:
+            headers: Mapping[str, str] = _JSON_HEADERS
+        elif session_id is self._session_id and self._auth_headers is not None:
+            headers = self._auth_headers
+        else:
+            headers = {
+                **_JSON_HEADERS,
+                "Authorization": f"SKLMAuth userAuthId={session_id.reveal()}",
+            }
+        data = None if body is None else json.dumps(body).encode()
+        try:
+            async with self._http.request(
+                method,
+                url,
+                data=data,
+                headers=headers,
+                ssl=self._ssl,
+                timeout=self._timeout,
+                allow_redirects=False,
+            ) as resp:
+                if 300 <= resp.status < 400:
+                    # Never followed: it would carry the Authorization header
+                    # elsewhere. The Location value is not reported.
+                    resp.close()
+                    raise SklmProtocolError(
+                        self._name,
+                        f"{url.path} answered HTTP {resp.status} (a redirect, "
+                        "not followed)",
+                        hint="check the server's URL (scheme, host and port)",
+                    )
+                raw = await self._read_body(resp, url.path)
+                reply = _Reply(
+                    status=resp.status,
+                    body=raw,
+                    content_type=resp.headers.get("Content-Type", ""),
+                )
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise self._translate(exc) from exc
+        if session_id is not None:
+            if (
+                reply.status in (400, 401)
+                and _ctgkm_id(reply.body) in _SESSION_REJECTED
+            ):
+                raise _SessionExpired
+            if session_id is self._session_id:
+                self._session_worked = True
+        return reply
+
+    async def _read_body(self, resp: aiohttp.ClientResponse, path: str) -> bytes:
+        length = resp.content_length
+        if length is not None and length > MAX_BODY_BYTES:
+            resp.close()
+            raise SklmProtocolError(
+                self._name,
+                f"{path} answered a body of {length} bytes, more than the "
+                f"{MAX_BODY_BYTES}-byte limit",
+            )
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            # Reads the decompressed stream, so a gzip bomb stops at the cap too.
+            chunk = await resp.content.read(MAX_BODY_BYTES + 1 - total)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > MAX_BODY_BYTES:
+                resp.close()
+                raise SklmProtocolError(
+                    self._name,
+                    f"{path} answered a body larger than the "
+                    f"{MAX_BODY_BYTES}-byte limit",
+                )
+
+    def _translate(self, exc: BaseException) -> SklmError:
+        """Map a foreign exception to the ``SklmError`` tree (no URL, no header)."""
+        name = type(exc).__name__
+        if isinstance(exc, aiohttp.ServerFingerprintMismatch):
+            return SklmTlsError(
+                self._name,
+                "certificate does not match tls_fingerprint: the server presented "
+                f"sha256:{exc.got.hex()}",
+                hint=f"check tls_fingerprint for {self._name} (the server's "
+                "certificate may have been renewed)",
+            )
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+            cert_error = exc.certificate_error
+            reason = getattr(cert_error, "verify_message", None) or _short(
+                str(cert_error)
+            )
+            return SklmTlsError(self._name, f"certificate not trusted ({reason})")
+        if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
+            cause = exc.os_error if isinstance(exc, aiohttp.ClientSSLError) else exc
+            reason = getattr(cause, "reason", None) or _short(str(cause))
+            return SklmTlsError(self._name, f"TLS handshake failed ({name}: {reason})")
+        if isinstance(exc, TimeoutError):
+            return SklmUnreachable(
+                self._name,
+                f"no answer within {self._server.timeout:g} s ({name})",
+            )
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            return SklmUnreachable(
+                self._name, f"cannot connect ({name}: {_os_reason(exc.os_error)})"
+            )
+        if isinstance(exc, aiohttp.ServerDisconnectedError):
+            return SklmUnreachable(
+                self._name, f"connection closed before an answer ({name})"
+            )
+        if isinstance(exc, aiohttp.ClientPayloadError):
+            return SklmUnreachable(
+                self._name, f"answer cut short ({name}: {_short(str(exc))})"
+            )
+        if isinstance(exc, aiohttp.ClientResponseError):
+            return SklmProtocolError(
+                self._name, f"malformed HTTP answer ({name}: {_short(exc.message)})"
+            )
+        if isinstance(exc, aiohttp.InvalidURL):
+            return SklmProtocolError(
+                self._name, f"invalid URL ({name})", hint="check the server's url"
+            )
+        if isinstance(exc, OSError):
+            return SklmUnreachable(self._name, f"{name}: {_os_reason(exc)}")
+        return SklmUnreachable(self._name, f"{name}: {_short(str(exc))}")
+
+    def _describe_status(self, reply: _Reply) -> str:
+        code = _ctgkm_id(reply.body)
+        if code is None:
+            return f"HTTP {reply.status}"
+        if reply.status in (404, 500):
+            return f"HTTP {reply.status} {code} (SKLM's generic failure)"
+        return f"HTTP {reply.status} {code}"
+
+    def _scrub(self, text: str) -> str:
+        """Mask the session id and password should a body echo them."""
+        for secret in (self._session_id, self._server.password):
+            if secret:
+                text = text.replace(secret.reveal(), "***")
+        return text
+
+
+class _BadBody(Exception):
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+def _parse_progress_body(body: bytes, content_type: str = "") -> Phase:
+    """Parse a progress body such as ``{"code": "7", "status": "COMPLETED"}``.
+
+    Matches on ``status`` and cross-checks ``code`` (an int or a numeric string).
+
+    Raises:
+        _BadBody: With a detail naming the offending value (truncated ``repr``).
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _BadBody(f"body is not valid UTF-8: {_excerpt(body)}") from None
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        kind = content_type.split(";")[0].strip() or "no content type"
+        raise _BadBody(f"body is not JSON ({_short(kind)}): {_excerpt(text)}") from None
+    if not isinstance(data, dict):
+        raise _BadBody(
+            f"body is a JSON {type(data).__name__}, not an object: {_excerpt(text)}"
+        )
+    status = _get_ci(data, "status")
+    if status is None:
+        raise _BadBody(f"body has no status: {_excerpt(text)}")
+    phase = (
+        Phase.from_status(status.strip().upper()) if isinstance(status, str) else None
+    )
+    if phase is None:
+        raise _BadBody(f"unknown status {_excerpt(status)}")
+    raw_code = _get_ci(data, "code")
+    if raw_code is None:
+        raise _BadBody(f"body has no code: {_excerpt(text)}")
+    code = _as_int(raw_code, allow_negative=False)
+    if code is None:
+        raise _BadBody(f"code is not a number: {_excerpt(raw_code)}")
+    if code != phase.value:
+        raise _BadBody(
+            f"code {_excerpt(raw_code)} disagrees with status {phase.name} "
+            f"(code {phase.value})"
+        )
+    return phase
+
+
+# -- small pure helpers ----------------------------------------------------
+
+
+def _get_ci(data: Mapping[str, Any], key: str) -> Any:
+    """Return ``data[key]`` matching the key case-insensitively (None if absent)."""
+    if key in data:
+        return data[key]
+    wanted = key.lower()
+    return next((v for k, v in data.items() if k.lower() == wanted), None)
+
+
+def _as_int(value: Any, *, allow_negative: bool) -> int | None:
+    """An int, or a string of decimal digits, as int; anything else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if allow_negative or value >= 0 else None
+    if isinstance(value, str):
+        digits = value.strip()
+        negative = allow_negative and digits.startswith("-")
+        if negative:
+            digits = digits[1:]
+        if 0 < len(digits) <= 9 and digits.isascii() and digits.isdigit():
+            return -int(digits) if negative else int(digits)
+    return None
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _ctgkm_id(body: bytes) -> str | None:
+    """The ``CTGKM....E`` id in ``code``, or at the start of ``message``, if any."""
+    data = _json_object(body)
+    if data is None:
+        return None
+    code = _get_ci(data, "code")
+    if isinstance(code, str) and (match := _CTGKM_ID.fullmatch(code.strip())):
+        return match.group()
+    message = _get_ci(data, "message")
+    if isinstance(message, str) and (match := _CTGKM_ID.match(message.strip())):
+        return match.group()
+    return None
+
+
+def _excerpt(value: object) -> str:
+    text = repr(value)
+    if len(text) > MAX_EXCERPT_CHARS:
+        return text[: MAX_EXCERPT_CHARS - 3] + "..."
+    return text
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())
+    if len(text) > MAX_EXCERPT_CHARS:
+        return text[: MAX_EXCERPT_CHARS - 3] + "..."
+    return text
+
+
+def _name_of(exc: BaseException) -> str:
+    return type(exc).__name__
+
+
+def _os_reason(exc: BaseException) -> str:
+    errno = getattr(exc, "errno", None)
+    strerror = getattr(exc, "strerror", None)
+    if strerror:
+        return f"errno {errno}, {strerror}" if errno is not None else str(strerror)
+    return _short(str(exc)) or type(exc).__name__
+
+
+# -- TLS -------------------------------------------------------------------
+
+
+def _ssl_for(server: ServerConfig) -> ssl.SSLContext | aiohttp.Fingerprint | bool:
+    """The ``ssl=`` argument for this server's requests, from its config alone.
+
+    A pin wins over ``ca_file`` (aiohttp cannot check both: ``Fingerprint`` turns
+    CA verification off and compares the leaf certificate's SHA-256).
+    """
+    if not server.verify_tls:
+        return False
+    if server.tls_fingerprint:
+        return aiohttp.Fingerprint(bytes.fromhex(server.tls_fingerprint))
+    if server.ca_file is not None:
+        path = os.fspath(server.ca_file)
+        stat = os.stat(path)
+        return _ca_file_context(os.path.realpath(path), stat.st_mtime_ns, stat.st_size)
+    return _system_context()
+
+
+# Contexts are shared between clients (a fleet often has one ca_file): each holds
+# its trust store in memory. The key includes mtime and size so an edited file
+# read by a reloaded daemon is read again.
+@lru_cache(maxsize=32)
+def _ca_file_context(path: str, _mtime_ns: int, _size: int) -> ssl.SSLContext:
+    # create_default_context(cafile=...) loads only this file: SSL_CERT_FILE and
+    # SSL_CERT_DIR are not consulted.
+    context = ssl.create_default_context(cafile=path)
+    context.set_alpn_protocols(("http/1.1",))
+    return context
+
+
+@lru_cache(maxsize=1)
+def _system_context() -> ssl.SSLContext:
+    # OpenSSL's compiled-in locations, not set_default_verify_paths(), which
+    # would let SSL_CERT_FILE / SSL_CERT_DIR swap the trust anchors.
+    paths = ssl.get_default_verify_paths()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    cafile = paths.openssl_cafile if os.path.isfile(paths.openssl_cafile) else None
+    capath = paths.openssl_capath if os.path.isdir(paths.openssl_capath) else None
+    if cafile or capath:
+        context.load_verify_locations(cafile=cafile, capath=capath)
+    context.set_alpn_protocols(("http/1.1",))
+    return context

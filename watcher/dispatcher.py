@@ -1,0 +1,315 @@
+"""The dispatcher: one outbox worker per sink, from journaled events to delivered ones.
+
+Each worker loops: take the sink's next due row from the journal (oldest first, one
+server's events in order), hand the event to the sink, and record the outcome:
+
+- delivered → ``mark_delivered``;
+- :class:`~watcher.errors.DeliveryError` with ``permanent`` → ``dead_letter`` at once;
+- transient → ``reschedule`` with ``attempts + 1`` after a delay, or ``dead_letter``
+  once the row has been failing for longer than the sink's ``max_age``;
+- any other exception is a bug in the sink: logged with its traceback and treated as
+  transient (the supervision boundary: one sink's bug never stops the others).
+
+The delay is tenacity's ``wait_exponential_jitter`` computed from the stored attempt
+count (so it survives a restart); a receiver's ``Retry-After`` *overrides* it, as in
+stamina, but never below :data:`MIN_RETRY_DELAY` so a ``Retry-After: 0`` loop cannot
+hammer a receiver. Every sink has its own worker, so a slow or dead sink never delays
+another. Nothing here catches cancellation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, cast
+
+import anyio
+import structlog
+import tenacity
+
+from watcher.config import SinkConfig
+from watcher.errors import DeliveryError
+from watcher.journal import OutboxRow
+from watcher.sinks.base import Clock, Sink
+
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
+
+T = TypeVar("T")
+
+#: The shortest delay before retrying, whatever ``Retry-After`` says.
+MIN_RETRY_DELAY: Final = 1.0
+#: The longest computed backoff between two attempts (``Retry-After`` may be longer).
+MAX_BACKOFF: Final = 300.0
+#: How long a worker waits after its own failure (e.g. the journal) before going on,
+#: and how often it re-checks when rows exist but none can be taken yet.
+RECHECK_INTERVAL: Final = 5.0
+
+# Log event names.
+SINK_DELIVERED: Final = "sink.delivered"
+SINK_FAILING: Final = "sink.failing"
+SINK_RETRY: Final = "sink.retry_scheduled"
+SINK_RECOVERED: Final = "sink.recovered"
+SINK_DEAD_LETTERED: Final = "sink.dead_lettered"
+SINK_CRASHED: Final = "sink.crashed"
+WORKER_FAILED: Final = "dispatcher.worker_failed"
+
+log = structlog.get_logger(__name__)
+
+
+class Outbox(Protocol):
+    """The part of :class:`~watcher.journal.Journal` the dispatcher uses."""
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking journal method in its worker thread."""
+        ...
+
+    def next_due(self, sink: str, now: datetime) -> OutboxRow | None:
+        """Return the oldest due row the sink may take now (per-server order)."""
+        ...
+
+    def next_due_at(self, sink: str) -> datetime | None:
+        """Return when the sink's next pending row falls due, if any."""
+        ...
+
+    def mark_delivered(self, sink: str, event_id: str, at: datetime) -> None:
+        """Record a delivery."""
+        ...
+
+    def reschedule(
+        self,
+        sink: str,
+        event_id: str,
+        *,
+        attempts: int,
+        next_attempt_at: datetime,
+        error: str,
+    ) -> None:
+        """Record a transient failure and when to try again."""
+        ...
+
+    def dead_letter(
+        self, sink: str, event_id: str, *, error: str, at: datetime
+    ) -> None:
+        """Give up on a row (it stays visible and can be requeued)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    """The one field of tenacity's ``RetryCallState`` its wait strategies read."""
+
+    attempt_number: int
+
+
+class Dispatcher:
+    """Delivers journaled events to sinks, one worker per sink.
+
+    Args:
+        journal: Where the outbox lives (a :class:`~watcher.journal.Journal`).
+        sinks: The sinks by name; each gets one worker.
+        configs: The sinks' configurations by name (``max_age``).
+        clock: Time for scheduling; virtual in tests.
+        jitter: Upper bound of the random seconds added to each backoff (0 in tests).
+        max_backoff: Cap of the computed backoff, seconds.
+    """
+
+    def __init__(
+        self,
+        journal: Outbox,
+        sinks: Mapping[str, Sink],
+        configs: Mapping[str, SinkConfig],
+        clock: Clock,
+        *,
+        jitter: float = 1.0,
+        max_backoff: float = MAX_BACKOFF,
+    ) -> None:
+        self._journal = journal
+        self._sinks = dict(sinks)
+        self._configs = dict(configs)
+        self._clock = clock
+        self._wait = tenacity.wait_exponential_jitter(max=max_backoff, jitter=jitter)
+        self._wakeups = {name: anyio.Event() for name in self._sinks}
+        self._failing: set[str] = set()
+        self._stopping = False
+        self._stop_requested = anyio.Event()
+        self._stopped = anyio.Event()
+        self._scope: anyio.CancelScope | None = None
+
+    def wake(self) -> None:
+        """Tell every worker that something new was journaled."""
+        for wakeup in self._wakeups.values():
+            wakeup.set()
+
+    def backoff(self, attempts: int) -> float:
+        """Return the delay after the ``attempts``-th failed attempt (1 → ~1 s)."""
+        return float(self._wait(cast("RetryCallState", _Attempt(max(attempts, 1)))))
+
+    async def run(self) -> None:
+        """Run one worker per sink until cancelled or drained."""
+        try:
+            async with anyio.create_task_group() as tg:
+                self._scope = tg.cancel_scope
+                if not self._sinks:
+                    tg.start_soon(self._stop_requested.wait)
+                for name in self._sinks:
+                    tg.start_soon(self._work, name, name=f"sink {name}")
+        finally:
+            self._scope = None
+            self._stopped.set()
+
+    async def drain(self, grace: float | None = None) -> None:
+        """Stop taking rows; let deliveries in flight finish, then return.
+
+        Idle workers stop at once. A delivery in flight gets ``grace`` seconds
+        (unbounded when None: the caller may bound it with ``move_on_after``); after
+        that it is cancelled and its row stays pending, to be sent after a restart
+        with the same event id. :meth:`run` returns once every worker has stopped.
+        """
+        self._stopping = True
+        self._stop_requested.set()
+        self.wake()
+        if self._scope is None:
+            return
+        with anyio.move_on_after(math.inf if grace is None else grace):
+            await self._stopped.wait()
+        if not self._stopped.is_set() and self._scope is not None:
+            self._scope.cancel()
+            await self._stopped.wait()
+
+    async def _work(self, name: str) -> None:
+        sink = self._sinks[name]
+        config = self._configs.get(name) or SinkConfig(name=name, type="unknown")
+        while not self._stopping:
+            # A fresh event before each look at the journal: a wake() from here on
+            # is seen by the next wait, an earlier one by this query.
+            wakeup = self._wakeups[name] = anyio.Event()
+            try:
+                now = self._clock.now()
+                row = await self._journal.call(self._journal.next_due, name, now)
+                if row is None:
+                    await self._idle(name, now, wakeup)
+                else:
+                    await self._attempt(sink, config, row)
+            except Exception:
+                # Supervision boundary: a journal failure must not end the worker.
+                log.exception(WORKER_FAILED, sink=name)
+                await self._clock.sleep(RECHECK_INTERVAL)
+
+    async def _idle(self, name: str, checked_at: datetime, wakeup: anyio.Event) -> None:
+        due_at = await self._journal.call(self._journal.next_due_at, name)
+        if due_at is None:
+            delay: float | None = None
+        elif due_at <= checked_at:
+            # Due, yet not taken: behind an older row of its server. Look again
+            # later (or when woken) rather than spin.
+            delay = RECHECK_INTERVAL
+        else:
+            delay = max(0.0, (due_at - self._clock.now()).total_seconds())
+        await self._sleep_or_wake(delay, wakeup)
+
+    async def _sleep_or_wake(self, delay: float | None, wakeup: anyio.Event) -> None:
+        if delay is None:
+            await wakeup.wait()
+            return
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._sleep_then_cancel, delay, tg.cancel_scope)
+            await wakeup.wait()
+            tg.cancel_scope.cancel()
+
+    async def _sleep_then_cancel(self, delay: float, scope: anyio.CancelScope) -> None:
+        await self._clock.sleep(delay)
+        scope.cancel()
+
+    async def _attempt(self, sink: Sink, config: SinkConfig, row: OutboxRow) -> None:
+        name, event = sink.name, row.event
+        attempted_at = self._clock.now()
+        try:
+            await sink.deliver(event)
+        except DeliveryError as exc:
+            await self._failed(
+                name,
+                config,
+                row,
+                attempted_at,
+                str(exc),
+                exc.retry_after,
+                exc.permanent,
+            )
+            return
+        except Exception as exc:
+            # A bug in the sink, not a receiver's answer: keep the event and go on.
+            log.exception(SINK_CRASHED, sink=name, event_id=event.id)
+            error = f"sink {name}: {type(exc).__name__} (unexpected; see the log)"
+            await self._failed(name, config, row, attempted_at, error, None, False)
+            return
+        now = self._clock.now()
+        await self._journal.call(self._journal.mark_delivered, name, event.id, now)
+        log.debug(SINK_DELIVERED, sink=name, event_id=event.id, type=str(event.type))
+        if name in self._failing:
+            self._failing.discard(name)
+            log.info(SINK_RECOVERED, sink=name, event_id=event.id)
+
+    async def _failed(
+        self,
+        name: str,
+        config: SinkConfig,
+        row: OutboxRow,
+        attempted_at: datetime,
+        error: str,
+        retry_after: float | None,
+        permanent: bool,
+    ) -> None:
+        now = self._clock.now()
+        event = row.event
+        first = row.first_attempt_at or attempted_at
+        age = (now - first).total_seconds()
+        if not permanent and age > config.max_age:
+            error = f"gave up after {age:.0f} s (max_age {config.max_age:g} s): {error}"
+            permanent = True
+        if permanent:
+            await self._journal.call(
+                partial(self._journal.dead_letter, name, event.id, error=error, at=now)
+            )
+            log.error(
+                SINK_DEAD_LETTERED,
+                sink=name,
+                event_id=event.id,
+                type=str(event.type),
+                server=event.server,
+                attempts=row.attempts + 1,
+                error=error,
+            )
+            return
+        attempts = row.attempts + 1
+        if retry_after is not None:
+            delay = max(retry_after, MIN_RETRY_DELAY)
+        else:
+            delay = self.backoff(attempts)
+        next_attempt_at = now + timedelta(seconds=delay)
+        await self._journal.call(
+            partial(
+                self._journal.reschedule,
+                name,
+                event.id,
+                attempts=attempts,
+                next_attempt_at=next_attempt_at,
+                error=error,
+            )
+        )
+        fields = {
+            "sink": name,
+            "event_id": event.id,
+            "attempts": attempts,
+            "retry_in": round(delay, 3),
+            "error": error,
+        }
+        if name in self._failing:
+            log.debug(SINK_RETRY, **fields)
+        else:
+            # Log the transition into failure once; retries are debug (HA style).
+            self._failing.add(name)
+            log.warning(SINK_FAILING, **fields)

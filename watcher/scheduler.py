@@ -1,0 +1,462 @@
+"""The fleet scheduler: one polling loop per server, on one event loop.
+
+Each :class:`ServerWatch` waits, polls, stamps an :class:`~watcher.tracker.Observation`,
+steps the tracker, hands state and events to the :class:`Recorder` when something
+durable changed, and asks :mod:`watcher.cadence` how long to wait. :class:`Fleet`
+runs one watch per server in an anyio task group and is the supervision boundary:
+one server's bug never stops another server's polls.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final, Protocol
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup
+
+from watcher.cadence import Cadence, after_crash, check_jitter, initial_delay, next_poll
+from watcher.client import PollResult
+from watcher.config import ServerConfig
+from watcher.errors import (
+    SklmAuthError,
+    SklmError,
+    SklmTlsError,
+    SklmUnreachable,
+)
+from watcher.events import Event
+from watcher.phases import Phase
+from watcher.tracker import Failure, Observation, ServerState, step
+
+log = structlog.get_logger(__name__)
+
+POLL_OK: Final = "poll.ok"
+POLL_FAILED: Final = "poll.failed"
+EVENT: Final = "event"
+WATCH_CRASHED: Final = "watch.crashed"
+WATCH_STARTED: Final = "watch.started"
+WATCH_STOPPED: Final = "watch.stopped"
+LOGOUT_FAILED: Final = "watch.logout_failed"
+
+
+class Clock(Protocol):
+    """Where the scheduler gets time (tests inject a virtual clock)."""
+
+    def now(self) -> datetime:
+        """Return the wall-clock time, aware UTC."""
+        ...
+
+    def monotonic(self) -> float:
+        """Return a monotonic reading in seconds (durations, deadlines)."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds``; a cancellation point."""
+        ...
+
+
+class SystemClock:
+    """The real clock: ``datetime.now(UTC)``, ``time.monotonic`` and ``anyio.sleep``."""
+
+    def now(self) -> datetime:
+        """Return the wall-clock time, aware UTC."""
+        return datetime.now(UTC)
+
+    def monotonic(self) -> float:
+        """Return ``time.monotonic()``."""
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep with ``anyio.sleep``."""
+        await anyio.sleep(seconds)
+
+
+class Poller(Protocol):
+    """What the scheduler needs from an SKLM client (``SklmClient`` satisfies it)."""
+
+    async def poll_phase(self) -> PollResult:
+        """Return the current restore phase; raise a ``SklmError`` subclass on failure."""
+        ...
+
+    async def restore_result(self) -> int | None:
+        """Return the last restore's result hint, or None; never raises."""
+        ...
+
+    async def logout(self) -> None:
+        """End the session; best effort, never raises."""
+        ...
+
+
+class Recorder(Protocol):
+    """Where new states and events go, durably, before anything is dispatched."""
+
+    async def record(
+        self, server: str, state: ServerState, events: Sequence[Event]
+    ) -> None:
+        """Store ``state`` and ``events`` for ``server``; raise if that failed."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class WatchStats:
+    """Counters of one server's loop (a snapshot, for metrics and status).
+
+    Args:
+        last_poll_at: When the last poll answered or failed; None before the first.
+        last_latency: Seconds the last poll took.
+        polls_ok: Polls that returned a phase.
+        polls_failed: Polls that raised an ``SklmError``.
+        crashes: Iterations that failed with an unexpected exception.
+    """
+
+    last_poll_at: datetime | None
+    last_latency: float | None
+    polls_ok: int
+    polls_failed: int
+    crashes: int
+
+
+def failure_of(exc: SklmError) -> Failure:
+    """Return the observation's failure kind for a client error."""
+    if isinstance(exc, SklmUnreachable):
+        return Failure.UNREACHABLE
+    if isinstance(exc, SklmAuthError):
+        return Failure.AUTH
+    if isinstance(exc, SklmTlsError):
+        return Failure.TLS
+    return Failure.PROTOCOL
+
+
+class ServerWatch:
+    """One server's polling loop and its counters.
+
+    Args:
+        config: The server.
+        poller: Its client.
+        recorder: Where state changes and events go.
+        clock: The time source.
+        state: The tracker state to resume from.
+        rng: Source of the initial offset and jitter.
+        jitter: Fraction (0..1) by which delays are spread.
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        poller: Poller,
+        recorder: Recorder,
+        clock: Clock,
+        *,
+        state: ServerState,
+        rng: random.Random,
+        jitter: float,
+    ) -> None:
+        self.config = config
+        self.poller = poller
+        self.state = state
+        self.cadence = Cadence.start(state)
+        self.last_poll_at: datetime | None = None
+        self.last_latency: float | None = None
+        self.polls_ok = 0
+        self.polls_failed = 0
+        self.crashes = 0
+        self._recorder = recorder
+        self._clock = clock
+        self._rng = rng
+        self._jitter = check_jitter(jitter)
+        self._log = log.bind(server=config.name)
+
+    def stats(self) -> WatchStats:
+        """Return a snapshot of this loop's counters."""
+        return WatchStats(
+            last_poll_at=self.last_poll_at,
+            last_latency=self.last_latency,
+            polls_ok=self.polls_ok,
+            polls_failed=self.polls_failed,
+            crashes=self.crashes,
+        )
+
+    async def run(self) -> None:
+        """Poll forever: first after a random offset, then as the cadence says.
+
+        Returns only when cancelled. Any ``Exception`` in one iteration is logged
+        (``watch.crashed``) and the loop backs off and goes on; cancellation always
+        propagates.
+        """
+        clock = self._clock
+        await clock.sleep(initial_delay(self.config, self.state, self._rng))
+        while True:
+            try:
+                delay = await self.poll_once()
+            except Exception:  # noqa: BLE001 - the supervision boundary, logged below
+                self.crashes += 1
+                delay, self.cadence = after_crash(
+                    self.config,
+                    self.state,
+                    self.cadence,
+                    rng=self._rng,
+                    jitter=self._jitter,
+                )
+                self._log.exception(WATCH_CRASHED, retry_in=delay)
+            await clock.sleep(delay)
+
+    async def poll_once(self) -> float:
+        """Poll once, step the tracker, record what changed; return the next delay.
+
+        The new state is adopted only after the recorder stored it: if recording
+        fails, the next poll derives the events again and the recorder gets another
+        try (at least once, never silently lost).
+        """
+        clock = self._clock
+        config = self.config
+        state = self.state
+        start = clock.monotonic()
+        try:
+            result = await self.poller.poll_phase()
+        except SklmError as exc:
+            mono = clock.monotonic()
+            at = clock.now()
+            observation = Observation(
+                at=at,
+                monotonic=mono,
+                latency=mono - start,
+                failure=failure_of(exc),
+                detail=str(exc),
+            )
+            self.polls_failed += 1
+            self._log.debug(
+                POLL_FAILED, failure=observation.failure, detail=observation.detail
+            )
+        else:
+            mono = clock.monotonic()
+            at = clock.now()
+            phase = result.phase
+            hint = None
+            if _may_have_ended(state, phase):
+                hint = await self.poller.restore_result()
+            observation = Observation(
+                at=at,
+                monotonic=mono,
+                latency=mono - start,
+                phase=phase,
+                relogin=result.relogin,
+                result=hint,
+            )
+            self.polls_ok += 1
+            self._log.debug(POLL_OK, phase=phase.name, latency=observation.latency)
+        self.last_poll_at = at
+        self.last_latency = observation.latency
+
+        outcome = step(config, state, observation)
+        # ``save`` covers every step with events; quiet polls never touch the journal.
+        if outcome.save:
+            await self._recorder.record(config.name, outcome.state, outcome.events)
+            for event in outcome.events:
+                self._log.info(
+                    EVENT,
+                    type=str(event.type),
+                    phase=event.data.get("phase"),
+                    id=event.id,
+                )
+        self.state = outcome.state
+        delay, self.cadence = next_poll(
+            config,
+            outcome.state,
+            observation,
+            self.cadence,
+            rng=self._rng,
+            jitter=self._jitter,
+        )
+        return delay
+
+
+def _may_have_ended(state: ServerState, phase: Phase) -> bool:
+    """Whether this answer may end a restore, so its result hint is worth a request.
+
+    True at the first COMPLETED (also straight from IDLE: a fast restore), and when
+    a running restore's progress goes back (to IDLE: failed, or CLEANUP and back:
+    the restart). Not on repeated answers, nor after a completed restore: the hint
+    resets when the server restarts.
+    """
+    previous = state.phase
+    if previous is None or phase is previous:
+        return False
+    if phase is Phase.COMPLETED:
+        return True
+    return state.restore_active and phase < previous
+
+
+class _Running:
+    """A started watch's cancel scope, and an event set once its task has ended."""
+
+    __slots__ = ("scope", "stopped")
+
+    def __init__(self) -> None:
+        self.scope = anyio.CancelScope()
+        self.stopped = anyio.Event()
+
+
+class Fleet:
+    """One :class:`ServerWatch` per server, in one anyio task group.
+
+    Args:
+        servers: The servers to watch (unique names).
+        pollers: A client per server name.
+        recorder: Where state changes and events go (the journal).
+        clock: The time source.
+        states: Tracker states to resume from (from the journal), by server name.
+        rng: Source of offsets and jitter; a fresh ``random.Random()`` when None.
+        jitter: Fraction (0..1) by which delays are spread.
+
+    Raises:
+        ValueError: ``jitter`` outside [0, 1], or a server without a poller.
+    """
+
+    def __init__(
+        self,
+        servers: Sequence[ServerConfig],
+        pollers: Mapping[str, Poller],
+        recorder: Recorder,
+        clock: Clock,
+        *,
+        states: Mapping[str, ServerState] | None = None,
+        rng: random.Random | None = None,
+        jitter: float = 0.1,
+    ) -> None:
+        self._recorder = recorder
+        self._clock = clock
+        # Spreading polls, not cryptography.
+        self._rng = rng if rng is not None else random.Random()  # noqa: S311
+        self._jitter = check_jitter(jitter)
+        known = states or {}
+        self._watches: dict[str, ServerWatch] = {
+            config.name: self._watch(
+                config, _poller(pollers, config), known.get(config.name)
+            )
+            for config in servers
+        }
+        self._running: dict[str, _Running] = {}
+        self._tg: TaskGroup | None = None
+        self._lock: anyio.Lock | None = None
+
+    def states(self) -> dict[str, ServerState]:
+        """Return the current tracker state of every server."""
+        return {name: watch.state for name, watch in self._watches.items()}
+
+    def stats(self) -> dict[str, WatchStats]:
+        """Return every server's loop counters."""
+        return {name: watch.stats() for name, watch in self._watches.items()}
+
+    async def run(self) -> None:
+        """Watch every server until cancelled; returns only when cancelled."""
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                for watch in self._watches.values():
+                    self._launch(tg, watch)
+                await anyio.sleep_forever()
+        finally:
+            self._tg = None
+            self._running.clear()
+
+    async def reconfigure(
+        self, servers: Sequence[ServerConfig], pollers: Mapping[str, Poller]
+    ) -> None:
+        """Apply a reloaded server list (SIGHUP).
+
+        New servers start with a fresh state; removed ones stop and are logged out;
+        servers whose config or poller changed restart, keeping their tracker state
+        and counters. Unchanged servers are not touched.
+
+        Raises:
+            ValueError: A server without a poller (nothing is changed then).
+        """
+        wanted = {config.name: config for config in servers}
+        new_pollers = {name: _poller(pollers, c) for name, c in wanted.items()}
+        if self._lock is None:
+            self._lock = anyio.Lock()
+        async with self._lock:
+            dropped: list[Poller] = []
+            for name in [n for n in self._watches if n not in wanted]:
+                await self._stop(name)
+                dropped.append(self._watches.pop(name).poller)
+                log.info(WATCH_STOPPED, server=name)
+            for name, config in wanted.items():
+                poller = new_pollers[name]
+                old = self._watches.get(name)
+                if old is not None:
+                    if old.config == config and old.poller is poller:
+                        continue
+                    await self._stop(name)
+                    if old.poller is not poller:
+                        dropped.append(old.poller)
+                watch = self._watch(config, poller, old.state if old else None)
+                if old is not None:
+                    _carry_counters(old, watch)
+                self._watches[name] = watch
+                if self._tg is not None:
+                    self._launch(self._tg, watch)
+                log.info(WATCH_STARTED, server=name, restarted=old is not None)
+            for poller in dropped:
+                await _logout(poller)
+
+    def _watch(
+        self, config: ServerConfig, poller: Poller, state: ServerState | None
+    ) -> ServerWatch:
+        return ServerWatch(
+            config,
+            poller,
+            self._recorder,
+            self._clock,
+            state=state if state is not None else ServerState(),
+            rng=self._rng,
+            jitter=self._jitter,
+        )
+
+    def _launch(self, tg: TaskGroup, watch: ServerWatch) -> None:
+        running = _Running()
+        self._running[watch.config.name] = running
+        tg.start_soon(_run_watch, watch, running, name=f"watch {watch.config.name}")
+
+    async def _stop(self, name: str) -> None:
+        running = self._running.pop(name, None)
+        if running is not None:
+            running.scope.cancel()
+            # Wait, so the old loop cannot change the state we are about to hand on.
+            await running.stopped.wait()
+
+
+async def _run_watch(watch: ServerWatch, running: _Running) -> None:
+    try:
+        with running.scope:
+            await watch.run()
+    finally:
+        running.stopped.set()
+
+
+def _poller(pollers: Mapping[str, Poller], config: ServerConfig) -> Poller:
+    try:
+        return pollers[config.name]
+    except KeyError:
+        raise ValueError(f"no poller for server {config.name}") from None
+
+
+def _carry_counters(old: ServerWatch, new: ServerWatch) -> None:
+    new.last_poll_at = old.last_poll_at
+    new.last_latency = old.last_latency
+    new.polls_ok = old.polls_ok
+    new.polls_failed = old.polls_failed
+    new.crashes = old.crashes
+
+
+async def _logout(poller: Poller) -> None:
+    try:
+        await poller.logout()
+    except Exception:
+        # logout promises never to raise; a broken one must not break a reload.
+        log.warning(LOGOUT_FAILED, exc_info=True)

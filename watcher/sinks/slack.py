@@ -1,0 +1,250 @@
+"""The Slack sink: one incoming-webhook message per event, Block Kit with a text fallback.
+
+Completed and failed restores get a header, the facts (server, outcome, duration,
+end time), the reason for a failure, the phase timeline with each phase's duration
+(inferred phases marked) and the restore id in a context block. Every other event
+is one concise section. The payload shape is stable: tests assert it whole.
+
+Slack answers errors with a status and a short code in the body (``invalid_payload``,
+``channel_not_found``, ``channel_is_archived``, ``no_service``, ``invalid_token``,
+``action_prohibited``...); they are classified like any webhook answer (400/403/404/
+410 permanent, 429 honouring ``Retry-After``, 5xx transient) and the code goes into
+the error message. Slack allows about one message per second per webhook, so
+messages are spaced by ``min_interval`` (at least :data:`DEFAULT_MIN_INTERVAL`
+when the configuration leaves it 0).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from typing import Any, Final
+
+import aiohttp
+import anyio
+
+from watcher.config import SinkConfig
+from watcher.errors import ConfigError, ConfigProblem
+from watcher.events import Event, EventType, format_time
+from watcher.sinks.base import Clock, SystemClock, classify, post
+
+#: Seconds between two messages when ``min_interval`` is not set (Slack's 1 msg/s).
+DEFAULT_MIN_INTERVAL: Final = 1.0
+
+# Slack's error codes are short lower-case words; anything else in a body is not
+# quoted (it could echo something we should not log).
+_SLACK_CODE: Final = re.compile(r"[a-z_]{1,64}")
+
+_EMOJI: Final[Mapping[EventType, str]] = {
+    EventType.RESTORE_STARTED: ":arrow_forward:",
+    EventType.RESTORE_PHASE: ":small_blue_diamond:",
+    EventType.RESTORE_COMPLETED: ":white_check_mark:",
+    EventType.RESTORE_FAILED: ":x:",
+    EventType.RESTORE_STALLED: ":hourglass:",
+    EventType.SERVER_UNREACHABLE: ":warning:",
+    EventType.SERVER_RECOVERED: ":large_green_circle:",
+    EventType.SERVER_RESTARTED: ":arrows_counterclockwise:",
+    EventType.AUTH_FAILED: ":lock:",
+    EventType.TEST: ":wave:",
+}
+
+
+def escape(text: object) -> str:
+    """Escape the three characters Slack's mrkdwn treats as control characters."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def format_duration(seconds: object) -> str:
+    """Format seconds for people: ``0.4s``, ``12.0s``, ``4m 05s``, ``1h 02m``."""
+    if not isinstance(seconds, int | float) or not math.isfinite(seconds):
+        return "unknown"
+    if seconds < 60:
+        return f"{max(0.0, float(seconds)):.1f}s"
+    whole = round(seconds)
+    if whole < 3600:
+        return f"{whole // 60}m {whole % 60:02d}s"
+    return f"{whole // 3600}h {whole % 3600 // 60:02d}m"
+
+
+def _timeline_lines(timeline: object) -> list[str]:
+    lines: list[str] = []
+    if not isinstance(timeline, list):
+        return lines
+    for entry in timeline:
+        if not isinstance(entry, Mapping):
+            continue
+        line = f"• {escape(entry.get('phase', '?'))}"
+        if entry.get("duration") is not None:
+            line += f" — {format_duration(entry.get('duration'))}"
+        if entry.get("inferred"):
+            line += " _(inferred)_"
+        lines.append(line)
+    return lines
+
+
+def _restore_message(event: Event) -> dict[str, Any]:
+    data = event.data
+    completed = event.type is EventType.RESTORE_COMPLETED
+    outcome = "completed" if completed else "failed"
+    duration = format_duration(data.get("duration"))
+    server = escape(event.server)
+    text = f"Restore {outcome} on {server} after {duration}"
+    if not completed and data.get("reason"):
+        text += f": {escape(data['reason'])}"
+    blocks: list[dict[str, Any]] = [
+        {
+            "type": "header",
+            "text": {
+                "type": "plain_text",
+                "text": f"{_EMOJI[event.type]} Restore {outcome} on {event.server}",
+                "emoji": True,
+            },
+        },
+        {
+            "type": "section",
+            "fields": [
+                {"type": "mrkdwn", "text": f"*Server*\n{server}"},
+                {"type": "mrkdwn", "text": f"*Outcome*\n{outcome.capitalize()}"},
+                {"type": "mrkdwn", "text": f"*Duration*\n{duration}"},
+                {"type": "mrkdwn", "text": f"*Ended*\n{format_time(event.time)}"},
+            ],
+        },
+    ]
+    if not completed:
+        reason = escape(data.get("reason") or "unknown")
+        blocks.append(
+            {
+                "type": "section",
+                "text": {"type": "mrkdwn", "text": f"*Reason*\n{reason}"},
+            }
+        )
+    lines = _timeline_lines(data.get("timeline"))
+    if lines:
+        blocks.append(
+            {
+                "type": "section",
+                "text": {"type": "mrkdwn", "text": "*Timeline*\n" + "\n".join(lines)},
+            }
+        )
+    blocks.append(
+        {
+            "type": "context",
+            "elements": [
+                {
+                    "type": "mrkdwn",
+                    "text": f"restore_id `{escape(data.get('restore_id') or 'unknown')}`",
+                }
+            ],
+        }
+    )
+    return {"text": text, "blocks": blocks}
+
+
+def _summary(event: Event) -> str:
+    data = event.data
+    phase = escape(data.get("phase") or "unknown")
+    match event.type:
+        case EventType.RESTORE_STARTED:
+            return f"restore started (phase {phase})"
+        case EventType.RESTORE_PHASE:
+            return f"restore entered {phase}" + (
+                " (inferred)" if data.get("inferred") else ""
+            )
+        case EventType.RESTORE_STALLED:
+            stalled_for = format_duration(data.get("stalled_for"))
+            return f"restore stalled in {phase} for {stalled_for}"
+        case EventType.SERVER_UNREACHABLE:
+            reason = escape(data.get("reason") or "no answer")
+            after = " after a restore" if data.get("after_restore") else ""
+            return f"server unreachable{after} ({reason})"
+        case EventType.SERVER_RECOVERED:
+            return f"server answers again after {format_duration(data.get('down_for'))}"
+        case EventType.SERVER_RESTARTED:
+            late = ", later than expected" if data.get("late") else ""
+            away = format_duration(data.get("down_for"))
+            return f"server back after its post-restore restart (away {away}{late})"
+        case EventType.AUTH_FAILED:
+            return "login rejected: check the configured username and password"
+        case EventType.TEST:
+            return "test message from sklm-watcher"
+        case _:
+            return escape(event.type)
+
+
+def render(event: Event) -> dict[str, Any]:
+    """Return the Slack message (``text`` fallback and ``blocks``) for ``event``."""
+    if event.type in (EventType.RESTORE_COMPLETED, EventType.RESTORE_FAILED):
+        return _restore_message(event)
+    summary = _summary(event)
+    server = escape(event.server)
+    emoji = _EMOJI.get(event.type, ":information_source:")
+    return {
+        "text": f"{server}: {summary}",
+        "blocks": [
+            {
+                "type": "section",
+                "text": {"type": "mrkdwn", "text": f"{emoji} *{server}*: {summary}"},
+            }
+        ],
+    }
+
+
+class SlackSink:
+    """Posts events to a Slack incoming webhook, at most one per ``min_interval``.
+
+    Raises:
+        ConfigError: At construction, when the URL is missing.
+    """
+
+    def __init__(
+        self,
+        config: SinkConfig,
+        session: aiohttp.ClientSession,
+        clock: Clock | None = None,
+    ) -> None:
+        if config.url is None or not config.url:
+            raise ConfigError(
+                [ConfigProblem(f"sinks.{config.name}.url", "a Slack sink needs a URL")]
+            )
+        self._url = config.url
+        self._config = config
+        self._session = session
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._min_interval = config.min_interval or DEFAULT_MIN_INTERVAL
+        self._next_send = -math.inf
+        self._lock = anyio.Lock()
+
+    @property
+    def name(self) -> str:
+        """The sink's configured name."""
+        return self._config.name
+
+    async def deliver(self, event: Event) -> None:
+        """Post the message for ``event`` once, after the rate limit allows it.
+
+        Raises:
+            DeliveryError: Classified as in :mod:`watcher.sinks.base`, with Slack's
+                error code in the message.
+        """
+        body = json.dumps(render(event), ensure_ascii=False).encode()
+        async with self._lock:
+            wait = self._next_send - self._clock.monotonic()
+            if wait > 0:
+                await self._clock.sleep(wait)
+            # Every POST counts against Slack's limit, whether it succeeds or not.
+            self._next_send = self._clock.monotonic() + self._min_interval
+            status, headers, head = await post(
+                self.name,
+                self._session,
+                self._url.reveal(),
+                body,
+                {"Content-Type": "application/json; charset=utf-8"},
+                seconds=self._config.timeout,
+            )
+        code = head.decode("ascii", "replace").strip()
+        detail = code if _SLACK_CODE.fullmatch(code) else ""
+        error = classify(self.name, status, headers, self._clock.now(), detail=detail)
+        if error is not None:
+            raise error
