@@ -49,6 +49,7 @@ ALLOWED: dict[str, set[str]] = {
         "scheduler",
         "dispatcher",
         "logs",
+        "notify",
     },
     "demo": {"simulator", "daemon", "config", "events", "phases", "errors", "journal"},
     "cli": {"*"},

@@ -31,10 +31,6 @@ _DEFAULT_CONFIG: Final = Path("/etc/sklm-watcher/config.toml")
 Handler = Callable[[argparse.Namespace], int]
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but usage errors exit 2 through our own path (they already do)."""
-
-
 def _add_config(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
     parser.add_argument(
         "-c",
@@ -50,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with every subcommand."""
     from watcher import simulator
 
-    parser = _Parser(
+    parser = argparse.ArgumentParser(
         prog="sklm-watcher",
         description="Watch SKLM / GKLM servers restore from backup.",
     )
@@ -96,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.debug else logging.INFO
+    if args.command == "demo" and not args.debug:
+        level = logging.WARNING  # the demo prints its own readable lines
     as_json = {"auto": None, "json": True, "console": False}[args.log_format]
     logs.configure(json=as_json, level=level)
     handler: Handler = args.handler
@@ -224,10 +222,15 @@ def _row_json(row: _OnceRow) -> dict[str, Any]:
 
 def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     widths = [
-        max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=False)
+        max(len(str(cell)) for cell in column)
+        for column in zip(header, *rows, strict=False)
     ]
     for line in (header, *rows):
-        print("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+        print(
+            "  ".join(
+                str(c).ljust(w) for c, w in zip(line, widths, strict=True)
+            ).rstrip()
+        )
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:

@@ -1,20 +1,23 @@
 """The daemon: wiring only. One ClientSession, the journal, the fleet and the dispatcher.
 
-SIGTERM / SIGINT stop polling, give deliveries in flight ``drain_timeout`` seconds,
-log out of every SKLM server and return. SIGHUP reloads the configuration.
+SIGTERM / SIGINT stop polling, give deliveries in flight ``drain_timeout`` seconds, log
+out of every SKLM server and return. SIGHUP reloads the configuration: on any problem
+the running configuration stays; on success servers and sinks are added, removed and
+changed without losing tracker state or outbox rows.
 """
 
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
+import aiohttp
 import anyio
 import structlog
 
 from watcher.client import SklmClient, create_session
-from watcher.config import Config
+from watcher.config import Config, ServerConfig, SinkConfig
 from watcher.dispatcher import Dispatcher
 from watcher.errors import ConfigError, JournalError
 from watcher.events import Event
@@ -22,19 +25,38 @@ from watcher.journal import Journal
 from watcher.notify import SystemdNotifier
 from watcher.scheduler import Clock, Fleet, SystemClock
 from watcher.sinks import build_sink
+from watcher.sinks.base import Sink
 from watcher.tracker import ServerState
 
 log = structlog.get_logger(__name__)
 
+DAEMON_STARTED = "daemon.started"
+DAEMON_STOPPING = "daemon.stopping"
+DAEMON_STOPPED = "daemon.stopped"
+RELOAD_PROBLEM = "reload.problem"
+RELOAD_REJECTED = "reload.rejected"
+RELOAD_APPLIED = "reload.applied"
+CONFIG_WARNING = "config.warning"
+
+#: Seconds between two refreshes of systemd's STATUS line.
+STATUS_INTERVAL = 10.0
+#: Seconds a clean shutdown waits for the SKLM logouts.
+LOGOUT_GRACE = 3.0
+
 
 @dataclass(slots=True)
 class JournalRecorder:
-    """The scheduler's ``Recorder``: journal first, then wake the dispatcher."""
+    """The scheduler's ``Recorder``: journal first, then wake the dispatcher.
+
+    An event reaches a sink only through the outbox, so nothing is sent before it is
+    journaled. A failed write raises :class:`JournalError`; the scheduler keeps the
+    old state and derives the same events (same ids) on the next poll.
+    """
 
     journal: Journal
     wake: Callable[[], None]
     recorded: int = 0
-    failures: int = field(default=0)
+    failures: int = 0
 
     async def record(
         self, server: str, state: ServerState, events: Sequence[Event]
@@ -60,6 +82,9 @@ class Daemon:
         reload: Re-reads the configuration for SIGHUP; None disables reload.
         clock: Time source (tests inject a fake).
         notifier: systemd notification (a no-op outside systemd).
+        extra_sinks: Sinks not built from the configuration (the demo's console);
+            they receive every event.
+        handle_signals: Whether to install SIGTERM / SIGINT / SIGHUP handlers.
     """
 
     def __init__(
@@ -69,85 +94,50 @@ class Daemon:
         reload: Callable[[], Config] | None = None,
         clock: Clock | None = None,
         notifier: SystemdNotifier | None = None,
+        extra_sinks: Mapping[str, Sink] | None = None,
+        handle_signals: bool = True,
     ) -> None:
         self.config = config
         self._reload = reload
         self._clock = clock or SystemClock()
         self._notifier = notifier or SystemdNotifier()
+        self._extra_sinks = dict(extra_sinks or {})
+        self._handle_signals = handle_signals
         self.fleet: Fleet | None = None
+        self.journal: Journal | None = None
+        self._dispatcher: Dispatcher | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._clients: dict[str, SklmClient] = {}
         self._stop: anyio.Event | None = None
         self._stop_requested = False
+        self._started: anyio.Event | None = None
 
     async def run(self) -> None:
-        """Run until SIGTERM or SIGINT, then shut down cleanly."""
+        """Run until :meth:`stop`, SIGTERM or SIGINT, then shut down cleanly."""
         self._stop = anyio.Event()
+        self._started = anyio.Event()
         if self._stop_requested:
             self._stop.set()
-        config = self.config
+        for warning in self.config.warnings:
+            log.warning(CONFIG_WARNING, detail=warning)
         journal = Journal.open(
-            config.watcher.state_dir, config.watcher.audit_log, config.sinks
+            self.config.watcher.state_dir,
+            self.config.watcher.audit_log,
+            self._sink_configs(self.config),
         )
+        self.journal = journal
         try:
-            await self._run(journal)
+            await self._run(journal, self._stop, self._started)
         finally:
             journal.close()
+            log.info(DAEMON_STOPPED)
 
-    async def _run(self, journal: Journal) -> None:
-        config = self.config
-        clock = self._clock
-        now, mono = clock.now(), clock.monotonic()
-        states = {
-            name: ServerState.from_dict(stored, at=now, monotonic=mono)
-            for name, stored in journal.load_states().items()
-        }
-        async with create_session(config.servers) as session:
-            clients = {s.name: SklmClient(s, session) for s in config.servers}
-            sinks = {c.name: build_sink(c, session) for c in config.sinks}
-            dispatcher = Dispatcher(
-                journal, sinks, {c.name: c for c in config.sinks}, clock
-            )
-            recorder = JournalRecorder(journal, dispatcher.wake)
-            fleet = Fleet(
-                config.servers,
-                clients,
-                recorder,
-                clock,
-                states=states,
-                jitter=config.watcher.jitter,
-            )
-            self.fleet = fleet
-            fleet_scope = anyio.CancelScope()
-            dispatch_scope = anyio.CancelScope()
-
-            async def run_fleet() -> None:
-                with fleet_scope:
-                    await fleet.run()
-
-            async def run_dispatcher() -> None:
-                with dispatch_scope:
-                    await dispatcher.run()
-
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(run_fleet)
-                tg.start_soon(run_dispatcher)
-                tg.start_soon(self._watch_signals)
-                log.info(
-                    "daemon.started",
-                    servers=len(config.servers),
-                    sinks=len(config.sinks),
-                )
-                self._notifier.ready(self._status_line())
-                await self._stop.wait()
-                self._notifier.stopping()
-                fleet_scope.cancel()
-                with anyio.move_on_after(config.watcher.drain_timeout):
-                    await dispatcher.drain()
-                tg.cancel_scope.cancel()
-            with anyio.move_on_after(3, shield=True):
-                async with anyio.create_task_group() as tg:
-                    for client in clients.values():
-                        tg.start_soon(client.logout)
-        log.info("daemon.stopped")
+    async def wait_started(self) -> None:
+        """Return once polling has started (call after :meth:`run` was started)."""
+        started = self._started
+        if started is None:
+            raise RuntimeError("the daemon is not running")
+        await started.wait()
 
     def stop(self) -> None:
         """Ask the daemon to shut down cleanly (what SIGTERM does)."""
@@ -155,32 +145,206 @@ class Daemon:
         if self._stop is not None:
             self._stop.set()
 
+    # --- running ------------------------------------------------------------------
+
+    async def _run(
+        self, journal: Journal, stop: anyio.Event, started: anyio.Event
+    ) -> None:
+        config = self.config
+        clock = self._clock
+        now, mono = clock.now(), clock.monotonic()
+        states: dict[str, ServerState] = {}
+        for name, stored in journal.load_states().items():
+            try:
+                states[name] = ServerState.from_dict(stored, at=now, monotonic=mono)
+            except ValueError:
+                # A state this version cannot read must not stop the whole fleet.
+                log.exception("state.unreadable", server=name)
+        async with create_session(config.servers) as session:
+            self._session = session
+            self._clients = {s.name: SklmClient(s, session) for s in config.servers}
+            recorder = JournalRecorder(journal, self._wake)
+            fleet = Fleet(
+                config.servers,
+                self._clients,
+                recorder,
+                clock,
+                states=states,
+                jitter=config.watcher.jitter,
+            )
+            self.fleet = fleet
+            try:
+                async with anyio.create_task_group() as tg:
+                    fleet_scope = anyio.CancelScope()
+                    tg.start_soon(self._run_fleet, fleet, fleet_scope)
+                    tg.start_soon(self._run_dispatchers, journal, session)
+                    if self._handle_signals:
+                        tg.start_soon(self._watch_signals)
+                    tg.start_soon(self._keep_systemd_informed)
+                    log.info(
+                        DAEMON_STARTED,
+                        servers=len(config.servers),
+                        sinks=len(config.sinks),
+                    )
+                    self._notifier.ready(self._status_line())
+                    started.set()
+                    await stop.wait()
+                    self._notifier.stopping()
+                    fleet_scope.cancel()
+                    dispatcher = self._dispatcher
+                    if dispatcher is not None:
+                        await dispatcher.drain(config.watcher.drain_timeout)
+                    tg.cancel_scope.cancel()
+            finally:
+                with anyio.move_on_after(LOGOUT_GRACE, shield=True):
+                    async with anyio.create_task_group() as tg:
+                        for client in self._clients.values():
+                            tg.start_soon(client.logout)
+
+    @staticmethod
+    async def _run_fleet(fleet: Fleet, scope: anyio.CancelScope) -> None:
+        with scope:
+            await fleet.run()
+
+    async def _run_dispatchers(
+        self, journal: Journal, session: aiohttp.ClientSession
+    ) -> None:
+        # One dispatcher at a time; a reload that changes sinks drains it and this
+        # loop starts the next one with the new sinks.
+        while True:
+            configs = {c.name: c for c in self.config.sinks}
+            sinks: dict[str, Sink] = {
+                name: build_sink(c, session, self._clock) for name, c in configs.items()
+            }
+            sinks.update(self._extra_sinks)
+            dispatcher = Dispatcher(journal, sinks, configs, self._clock)
+            self._dispatcher = dispatcher
+            await dispatcher.run()
+            if self._stop is not None and self._stop.is_set():
+                return
+
+    def _wake(self) -> None:
+        if self._dispatcher is not None:
+            self._dispatcher.wake()
+
+    def _sink_configs(self, config: Config) -> list[SinkConfig]:
+        extra = [SinkConfig(name=name, type="log") for name in self._extra_sinks]
+        return [*config.sinks, *extra]
+
     async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(
             signal.SIGTERM, signal.SIGINT, signal.SIGHUP
         ) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    await self._handle_reload()
+                    await self.reload()
                     continue
-                log.info("daemon.stopping", signal=signal.Signals(signum).name)
+                log.info(DAEMON_STOPPING, signal=signal.Signals(signum).name)
                 self.stop()
                 return
 
-    async def _handle_reload(self) -> None:
+    async def _keep_systemd_informed(self) -> None:
+        interval = self._notifier.watchdog_interval
+        next_status = 0.0
+        while True:
+            if interval is not None:
+                # Sent from the event loop itself: a wedged loop stops the pings and
+                # systemd restarts us (WatchdogSec=).
+                self._notifier.watchdog()
+            now = self._clock.monotonic()
+            if now >= next_status:
+                self._notifier.status(await self._status_line_full())
+                next_status = now + STATUS_INTERVAL
+            await anyio.sleep(min(interval or STATUS_INTERVAL, STATUS_INTERVAL))
+
+    # --- reload -------------------------------------------------------------------
+
+    async def reload(self) -> bool:
+        """Re-read the configuration (SIGHUP); return whether it was applied.
+
+        On any problem every problem is logged and the running configuration stays.
+        """
         if self._reload is None:
-            return
+            return False
         self._notifier.reloading()
         try:
-            new = self._reload()
-        except ConfigError as exc:
-            for problem in exc.problems:
-                log.error("reload.problem", key=problem.key, reason=problem.reason)
-            log.error("reload.rejected", detail="keeping the running configuration")
-        else:
-            log.info("reload.accepted", servers=len(new.servers))
-            self.config = new
-        self._notifier.ready(self._status_line())
+            try:
+                new = self._reload()
+            except ConfigError as exc:
+                problems = exc.problems
+            else:
+                await self._apply(new)
+                return True
+            for problem in problems:
+                log.error(RELOAD_PROBLEM, key=problem.key, reason=problem.reason)
+            log.error(RELOAD_REJECTED, detail="keeping the running configuration")
+            return False
+        finally:
+            self._notifier.ready(self._status_line())
+
+    async def _apply(self, new: Config) -> None:
+        old = self.config
+        if new.watcher.state_dir != old.watcher.state_dir or (
+            new.watcher.audit_log != old.watcher.audit_log
+        ):
+            log.warning(
+                RELOAD_PROBLEM,
+                key="watcher",
+                reason="state_dir and audit_log changes need a restart; ignored",
+            )
+        for warning in new.warnings:
+            log.warning(CONFIG_WARNING, detail=warning)
+        self.config = new
+        journal = self.journal
+        session = self._session
+        if journal is None or session is None:
+            raise RuntimeError("reload before the daemon started")
+        await journal.call(journal.set_sinks, self._sink_configs(new))
+        if self.fleet is not None:
+            clients = self._clients_for(new.servers, old.servers, session)
+            await self.fleet.reconfigure(new.servers, clients)
+            self._clients = clients
+        if new.sinks != old.sinks and self._dispatcher is not None:
+            # Draining returns the old dispatcher's run(); the loop builds the new one.
+            await self._dispatcher.drain(new.watcher.drain_timeout)
+        log.info(RELOAD_APPLIED, servers=len(new.servers), sinks=len(new.sinks))
+
+    def _clients_for(
+        self,
+        servers: Sequence[ServerConfig],
+        previous: Sequence[ServerConfig],
+        session: aiohttp.ClientSession,
+    ) -> dict[str, SklmClient]:
+        before = {s.name: s for s in previous}
+        clients: dict[str, SklmClient] = {}
+        for server in servers:
+            old = self._clients.get(server.name)
+            if old is not None and before.get(server.name) == server:
+                clients[server.name] = old
+            else:
+                clients[server.name] = SklmClient(server, session)
+        return clients
+
+    # --- status -------------------------------------------------------------------
 
     def _status_line(self) -> str:
         return f"watching {len(self.config.servers)} servers"
+
+    async def _status_line_full(self) -> str:
+        states = self.fleet.states() if self.fleet is not None else {}
+        running = sum(1 for s in states.values() if s.restore_active)
+        failing = sum(1 for s in states.values() if s.unreachable_reported)
+        line = (
+            f"watching {len(self.config.servers)} servers, "
+            f"{running} restores running, {failing} unreachable"
+        )
+        journal = self.journal
+        if journal is not None:
+            try:
+                summary = await journal.call(journal.outbox_summary, self._clock.now())
+            except JournalError as exc:
+                return f"{line}; journal error: {exc.detail}"
+            pending = sum(s.pending for s in summary)
+            dead = sum(s.dead for s in summary)
+            line += f", outbox {pending} pending, {dead} dead"
+        return line

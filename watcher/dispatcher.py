@@ -6,7 +6,9 @@ server's events in order), hand the event to the sink, and record the outcome:
 - delivered → ``mark_delivered``;
 - :class:`~watcher.errors.DeliveryError` with ``permanent`` → ``dead_letter`` at once;
 - transient → ``reschedule`` with ``attempts + 1`` after a delay, or ``dead_letter``
-  once the row has been failing for longer than the sink's ``max_age``;
+  once the row has been failing for longer than the sink's ``max_age`` (measured
+  from its first attempt, not from the event: a daemon that was down for a day
+  still tries each event for ``max_age``);
 - any other exception is a bug in the sink: logged with its traceback and treated as
   transient (the supervision boundary: one sink's bug never stops the others).
 
@@ -14,7 +16,12 @@ The delay is tenacity's ``wait_exponential_jitter`` computed from the stored att
 count (so it survives a restart); a receiver's ``Retry-After`` *overrides* it, as in
 stamina, but never below :data:`MIN_RETRY_DELAY` so a ``Retry-After: 0`` loop cannot
 hammer a receiver. Every sink has its own worker, so a slow or dead sink never delays
-another. Nothing here catches cancellation.
+another. An idle worker sleeps until the next row falls due, :meth:`Dispatcher.wake`
+or :data:`POLL_INTERVAL`, whichever comes first.
+
+Shutdown: :meth:`Dispatcher.drain` stops taking rows and waits for deliveries in
+flight; a cancelled delivery leaves its row pending (at-least-once: it is sent again,
+with the same event id, after a restart). Nothing here catches cancellation.
 """
 
 from __future__ import annotations
@@ -44,9 +51,14 @@ T = TypeVar("T")
 MIN_RETRY_DELAY: Final = 1.0
 #: The longest computed backoff between two attempts (``Retry-After`` may be longer).
 MAX_BACKOFF: Final = 300.0
-#: How long a worker waits after its own failure (e.g. the journal) before going on,
-#: and how often it re-checks when rows exist but none can be taken yet.
-RECHECK_INTERVAL: Final = 5.0
+#: How long a worker waits after its own failure (e.g. the journal) before going on.
+WORKER_RESTART_DELAY: Final = 5.0
+#: How long an idle worker waits when a row is due but was not handed out (a race
+#: with a new record, which also wakes it): never a busy loop.
+RECHECK_INTERVAL: Final = 1.0
+#: An idle worker looks at the journal at least this often, for rows that another
+#: process changed (``requeue`` from the CLI cannot call :meth:`Dispatcher.wake`).
+POLL_INTERVAL: Final = 60.0
 
 # Log event names.
 SINK_DELIVERED: Final = "sink.delivered"
@@ -87,8 +99,9 @@ class Outbox(Protocol):
         attempts: int,
         next_attempt_at: datetime,
         error: str,
+        at: datetime | None = None,
     ) -> None:
-        """Record a transient failure and when to try again."""
+        """Record a transient failure (made ``at``) and when to try again."""
         ...
 
     def dead_letter(
@@ -96,6 +109,16 @@ class Outbox(Protocol):
     ) -> None:
         """Give up on a row (it stays visible and can be requeued)."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """How one delivery attempt failed."""
+
+    error: str  # stored as last_error; names the sink, never its URL
+    detail: str
+    retry_after: float | None
+    permanent: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +138,8 @@ class Dispatcher:
         clock: Time for scheduling; virtual in tests.
         jitter: Upper bound of the random seconds added to each backoff (0 in tests).
         max_backoff: Cap of the computed backoff, seconds.
+        poll_interval: Longest idle wait between two looks at the journal; None to
+            rely on :meth:`wake` and ``next_due_at`` only (tests with virtual time).
     """
 
     def __init__(
@@ -126,15 +151,16 @@ class Dispatcher:
         *,
         jitter: float = 1.0,
         max_backoff: float = MAX_BACKOFF,
+        poll_interval: float | None = POLL_INTERVAL,
     ) -> None:
         self._journal = journal
+        self._poll_interval = poll_interval
         self._sinks = dict(sinks)
         self._configs = dict(configs)
         self._clock = clock
         self._wait = tenacity.wait_exponential_jitter(max=max_backoff, jitter=jitter)
         self._wakeups = {name: anyio.Event() for name in self._sinks}
         self._failing: set[str] = set()
-        self._stopping = False
         self._stop_requested = anyio.Event()
         self._stopped = anyio.Event()
         self._scope: anyio.CancelScope | None = None
@@ -169,7 +195,6 @@ class Dispatcher:
         that it is cancelled and its row stays pending, to be sent after a restart
         with the same event id. :meth:`run` returns once every worker has stopped.
         """
-        self._stopping = True
         self._stop_requested.set()
         self.wake()
         if self._scope is None:
@@ -183,32 +208,39 @@ class Dispatcher:
     async def _work(self, name: str) -> None:
         sink = self._sinks[name]
         config = self._configs.get(name) or SinkConfig(name=name, type="unknown")
-        while not self._stopping:
+        while not self._stop_requested.is_set():
             # A fresh event before each look at the journal: a wake() from here on
             # is seen by the next wait, an earlier one by this query.
             wakeup = self._wakeups[name] = anyio.Event()
             try:
                 now = self._clock.now()
                 row = await self._journal.call(self._journal.next_due, name, now)
+                if self._stop_requested.is_set():
+                    return
                 if row is None:
                     await self._idle(name, now, wakeup)
                 else:
-                    await self._attempt(sink, config, row)
+                    await self._attempt(name, sink, config, row)
             except Exception:
                 # Supervision boundary: a journal failure must not end the worker.
                 log.exception(WORKER_FAILED, sink=name)
-                await self._clock.sleep(RECHECK_INTERVAL)
+                await self._clock.sleep(WORKER_RESTART_DELAY)
 
     async def _idle(self, name: str, checked_at: datetime, wakeup: anyio.Event) -> None:
         due_at = await self._journal.call(self._journal.next_due_at, name)
         if due_at is None:
             delay: float | None = None
         elif due_at <= checked_at:
-            # Due, yet not taken: behind an older row of its server. Look again
-            # later (or when woken) rather than spin.
+            # Due, yet not handed out a moment ago: look again soon, never spin.
             delay = RECHECK_INTERVAL
         else:
             delay = max(0.0, (due_at - self._clock.now()).total_seconds())
+        if self._poll_interval is not None:
+            delay = (
+                self._poll_interval
+                if delay is None
+                else min(delay, self._poll_interval)
+            )
         await self._sleep_or_wake(delay, wakeup)
 
     async def _sleep_or_wake(self, delay: float | None, wakeup: anyio.Event) -> None:
@@ -224,34 +256,31 @@ class Dispatcher:
         await self._clock.sleep(delay)
         scope.cancel()
 
-    async def _attempt(self, sink: Sink, config: SinkConfig, row: OutboxRow) -> None:
-        name, event = sink.name, row.event
+    async def _attempt(
+        self, name: str, sink: Sink, config: SinkConfig, row: OutboxRow
+    ) -> None:
+        event = row.event
         attempted_at = self._clock.now()
         try:
             await sink.deliver(event)
         except DeliveryError as exc:
-            await self._failed(
-                name,
-                config,
-                row,
-                attempted_at,
-                str(exc),
-                exc.retry_after,
-                exc.permanent,
-            )
-            return
+            failure = _Failure(str(exc), exc.detail, exc.retry_after, exc.permanent)
         except Exception as exc:
             # A bug in the sink, not a receiver's answer: keep the event and go on.
             log.exception(SINK_CRASHED, sink=name, event_id=event.id)
-            error = f"sink {name}: {type(exc).__name__} (unexpected; see the log)"
-            await self._failed(name, config, row, attempted_at, error, None, False)
+            detail = f"{type(exc).__name__} (unexpected; see the log)"
+            failure = _Failure(f"sink {name}: {detail}", detail, None, False)
+        else:
+            now = self._clock.now()
+            await self._journal.call(self._journal.mark_delivered, name, event.id, now)
+            log.debug(
+                SINK_DELIVERED, sink=name, event_id=event.id, type=str(event.type)
+            )
+            if name in self._failing:
+                self._failing.discard(name)
+                log.info(SINK_RECOVERED, sink=name, event_id=event.id)
             return
-        now = self._clock.now()
-        await self._journal.call(self._journal.mark_delivered, name, event.id, now)
-        log.debug(SINK_DELIVERED, sink=name, event_id=event.id, type=str(event.type))
-        if name in self._failing:
-            self._failing.discard(name)
-            log.info(SINK_RECOVERED, sink=name, event_id=event.id)
+        await self._failed(name, config, row, attempted_at, failure)
 
     async def _failed(
         self,
@@ -259,16 +288,18 @@ class Dispatcher:
         config: SinkConfig,
         row: OutboxRow,
         attempted_at: datetime,
-        error: str,
-        retry_after: float | None,
-        permanent: bool,
+        failure: _Failure,
     ) -> None:
         now = self._clock.now()
         event = row.event
-        first = row.first_attempt_at or attempted_at
-        age = (now - first).total_seconds()
+        attempts = row.attempts + 1
+        error, permanent = failure.error, failure.permanent
+        age = (now - (row.first_attempt_at or attempted_at)).total_seconds()
         if not permanent and age > config.max_age:
-            error = f"gave up after {age:.0f} s (max_age {config.max_age:g} s): {error}"
+            error = (
+                f"sink {name}: gave up after {age:.0f} s of failures (max_age "
+                f"{config.max_age:g} s); last error: {failure.detail}"
+            )
             permanent = True
         if permanent:
             await self._journal.call(
@@ -280,36 +311,35 @@ class Dispatcher:
                 event_id=event.id,
                 type=str(event.type),
                 server=event.server,
-                attempts=row.attempts + 1,
+                attempts=attempts,
                 error=error,
             )
             return
-        attempts = row.attempts + 1
-        if retry_after is not None:
-            delay = max(retry_after, MIN_RETRY_DELAY)
+        if failure.retry_after is not None:
+            delay = max(failure.retry_after, MIN_RETRY_DELAY)
         else:
             delay = self.backoff(attempts)
-        next_attempt_at = now + timedelta(seconds=delay)
         await self._journal.call(
             partial(
                 self._journal.reschedule,
                 name,
                 event.id,
                 attempts=attempts,
-                next_attempt_at=next_attempt_at,
+                next_attempt_at=now + timedelta(seconds=delay),
                 error=error,
+                at=attempted_at,
             )
         )
         fields = {
             "sink": name,
             "event_id": event.id,
             "attempts": attempts,
-            "retry_in": round(delay, 3),
+            "retry_in": delay,
             "error": error,
         }
         if name in self._failing:
             log.debug(SINK_RETRY, **fields)
         else:
-            # Log the transition into failure once; retries are debug (HA style).
+            # The transition into failure is logged once; retries are debug (HA).
             self._failing.add(name)
             log.warning(SINK_FAILING, **fields)

@@ -1,7 +1,8 @@
-"""The journal: server states, event history and per-sink outbox in SQLite, plus the audit log.
+"""The journal: server states, events and per-sink outbox in SQLite, plus the audit log.
 
 SQLite (``state_dir/state.sqlite3``) is the source of truth; the JSON Lines audit log
-is derived from it and reconciled on every writable open, so the two never disagree.
+is derived from it and reconciled whenever the daemon opens the journal (and after a
+failed append), so the two never disagree.
 
 Durability (why ``synchronous=FULL``):
     An event must be durable before it is dispatched. :meth:`Journal.record` commits
@@ -12,9 +13,9 @@ Durability (why ``synchronous=FULL``):
     one way, SQLite to audit log, so the database must be at least as durable as the
     log: with ``NORMAL`` an fsynced audit line (or a delivered notification) could
     outlive the row that produced it, and the outbox row that would have recorded the
-    delivery. ``FULL`` costs one WAL fsync per commit; the journal commits on
-    transitions and deliveries only, never per poll, so that is a few commits a
-    minute, not thousands (``shared/performance.md``).
+    delivery. ``FULL`` costs one WAL fsync per commit; the journal commits per
+    transition and per delivery attempt, never per poll (``shared/performance.md``),
+    so the fsyncs scale with what happens, not with the fleet's poll rate.
 
 Crash windows:
     * killed before the commit: nothing is stored; the tracker re-derives the same
@@ -22,7 +23,10 @@ Crash windows:
     * killed between the commit and the audit append: the next open appends every
       event stored after the audit log's last id (a torn last line is dropped first);
     * re-derived events whose ids are already stored are skipped, so nothing is
-      journaled, logged or alerted twice.
+      journaled, logged or queued twice;
+    * killed after a delivery but before ``mark_delivered``: the row is still
+      pending and is delivered again with the same event id (at-least-once; the id
+      is the receiver's idempotency key).
 
 Times are stored as integer microseconds since the Unix epoch (UTC): exact round trips,
 cheap comparisons. Events are also stored as their CloudEvents JSON, byte for byte the
@@ -1066,16 +1070,17 @@ def _repair_tail(fd: int, path: Path) -> str | None:
             # Whole JSON, only the newline is missing: keep the event, end the line.
             _write_all(fd, b"\n")
         return event_id
+    previous_id = None
+    if start > 0:
+        previous_start, previous, _ = _last_line(fd, start)
+        previous_id = _line_id(previous)
+        if previous_id is None:
+            raise JournalError(
+                f"the audit log {path} does not end with an event "
+                f"(lines at bytes {previous_start} and {start})",
+                hint="check that audit_log names sklm-watcher's own file; move it "
+                "aside to have it rebuilt from the state database",
+            )
     log.warning(AUDIT_TORN_LINE, path=str(path), offset=start, dropped=end - start)
     os.ftruncate(fd, start)
-    if start == 0:
-        return None
-    start, line, _ = _last_line(fd, start)
-    event_id = _line_id(line)
-    if event_id is None:
-        raise JournalError(
-            f"the audit log {path} does not end with an event (line at byte {start})",
-            hint="check that audit_log names sklm-watcher's own file; move it aside "
-            "to have it rebuilt from the state database",
-        )
-    return event_id
+    return previous_id

@@ -14,7 +14,7 @@ restore whose COMPLETED it never saw did complete.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Final
@@ -190,6 +190,11 @@ class ServerState:
             raise ValueError(f"not a tracker state: {exc}") from exc
 
 
+_DURABLE_FIELDS: Final = tuple(
+    f.name for f in fields(ServerState) if f.name not in _VOLATILE
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Step:
     """The result of one tracker step: the new state and the events it produced.
@@ -222,7 +227,7 @@ def step(config: ServerConfig, state: ServerState, observation: Observation) -> 
     else:
         _on_failure(run)
     new = run.state
-    save = bool(run.events) or _durable(new) != _durable(state)
+    save = bool(run.events) or _durable_changed(state, new)
     return Step(state=new, events=tuple(run.events), save=save)
 
 
@@ -239,7 +244,10 @@ class _Run:
         self.events: list[Event] = []
 
     def update(self, **changes: Any) -> None:
-        self.state = replace(self.state, **changes)
+        # Most polls change nothing: skip the copy then (the idle poll is the hot path).
+        current = self.state
+        if any(getattr(current, key) != value for key, value in changes.items()):
+            self.state = replace(current, **changes)
 
     def make(self, type: EventType, data: dict[str, Any], *key: str) -> Event:
         return Event.create(type, self.config.name, self.obs.at, data, key=key)
@@ -722,8 +730,10 @@ def _relevant_restore(s: ServerState) -> str | None:
     return s.restore_id if s.restore_active or s.awaiting_restart else None
 
 
-def _durable(s: ServerState) -> dict[str, Any]:
-    return {k: v for k, v in s.to_dict().items() if k not in _VOLATILE}
+def _durable_changed(before: ServerState, after: ServerState) -> bool:
+    if before is after:
+        return False
+    return any(getattr(before, n) != getattr(after, n) for n in _DURABLE_FIELDS)
 
 
 def _seconds(value: float) -> float:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import hashlib
 import json
 import ssl
 import uuid
@@ -28,6 +27,7 @@ from watcher.errors import (
     SklmUnreachable,
 )
 from watcher.phases import Phase
+from watcher.simulator import Simulator
 
 pytestmark = pytest.mark.integration
 
@@ -156,34 +156,6 @@ async def serve() -> AsyncIterator[Serve]:
         await runner.cleanup()
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    """The certificate authority the test servers' certificates come from."""
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def server_cert(ca: trustme.CA) -> trustme.LeafCert:
-    """A leaf certificate for 127.0.0.1 and localhost."""
-    return ca.issue_cert("127.0.0.1", "localhost")
-
-
-@pytest.fixture(scope="module")
-def server_ssl(server_cert: trustme.LeafCert) -> ssl.SSLContext:
-    """The server-side TLS context presenting ``server_cert``."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_cert.configure_cert(context)
-    return context
-
-
-@pytest.fixture
-def ca_file(ca: trustme.CA, tmp_path: Path) -> Path:
-    """The test CA as a PEM file."""
-    path = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(path))
-    return path
-
-
 @pytest.fixture
 def other_ca_file(tmp_path: Path) -> Path:
     """A PEM file of an unrelated CA."""
@@ -216,12 +188,6 @@ def config(url: str, **overrides: Any) -> ServerConfig:
     }
     values.update(overrides)
     return ServerConfig(**values)
-
-
-def pin_of(cert: trustme.LeafCert) -> str:
-    """The SHA-256 pin of a leaf certificate, as config holds it."""
-    der = ssl.PEM_cert_to_DER_cert(cert.cert_chain_pems[0].bytes().decode())
-    return hashlib.sha256(der).hexdigest()
 
 
 # -- TLS -----------------------------------------------------------------------
@@ -269,15 +235,17 @@ async def test_host_name_is_checked(serve, ca, ca_file, session) -> None:
         await client.poll_phase()
 
 
-async def test_pin_replaces_ca_trust(serve, server_ssl, server_cert, session) -> None:
+async def test_pin_replaces_ca_trust(
+    serve, server_ssl, server_fingerprint, session
+) -> None:
     """A matching pin is accepted although no CA trusts the certificate."""
     url = await serve(FakeSklm().app(), server_ssl)
-    client = SklmClient(config(url, tls_fingerprint=pin_of(server_cert)), session)
+    client = SklmClient(config(url, tls_fingerprint=server_fingerprint), session)
     assert (await client.poll_phase()).phase is Phase.RESTORE_KEYSTORES
 
 
 async def test_wrong_pin_is_rejected(
-    serve, server_ssl, server_cert, ca_file, session
+    serve, server_ssl, server_fingerprint, ca_file, session
 ) -> None:
     """A pin that does not match is a TLS error naming the presented fingerprint."""
     fake = FakeSklm()
@@ -287,7 +255,7 @@ async def test_wrong_pin_is_rejected(
     )
     with pytest.raises(SklmTlsError) as info:
         await client.poll_phase()
-    assert f"sha256:{pin_of(server_cert)}" in str(info.value)
+    assert f"sha256:{server_fingerprint}" in str(info.value)
     assert fake.calls == []
 
 
@@ -506,3 +474,112 @@ async def test_result_and_logout(serve, server_ssl, ca_file, session) -> None:
     await client.logout()
     assert fake.sessions == set()
     assert ("DELETE", f"{API}/ckms/logout") in fake.calls
+
+
+# -- against the simulator ---------------------------------------------------------
+
+SIM_PASSWORD = "sim-Secret-pw"
+
+
+def sim_scenario(**server: Any) -> dict[str, Any]:
+    """A one-server scenario dict; ``server`` overrides the server's keys."""
+    spec: dict[str, Any] = {"name": "sim-1", "password": SIM_PASSWORD}
+    spec.update(server)
+    return {"servers": [spec]}
+
+
+def sim_config(sim: Simulator, **overrides: Any) -> ServerConfig:
+    """A server config for the simulator's only server."""
+    values: dict[str, Any] = {"password": Secret(SIM_PASSWORD), "name": "sim-1"}
+    values.update(overrides)
+    return config(sim.urls["sim-1"], **values)
+
+
+async def test_simulator_over_tls(
+    simulator, ca_file, server_fingerprint, session
+) -> None:
+    """Over the simulator's TLS: ca_file and pin accepted; untrusted rejected."""
+    sim = await simulator(sim_scenario(), tls=True)
+    for overrides in ({"ca_file": ca_file}, {"tls_fingerprint": server_fingerprint}):
+        client = SklmClient(sim_config(sim, **overrides), session)
+        assert (await client.poll_phase()).phase is Phase.IDLE
+        await client.logout()
+    for overrides in ({}, {"tls_fingerprint": "11" * 32}):
+        client = SklmClient(sim_config(sim, **overrides), session)
+        with pytest.raises(SklmTlsError):
+            await client.poll_phase()
+    assert sim.server("sim-1").logins == 2
+    assert sim.server("sim-1").logouts == 2
+
+
+@pytest.mark.parametrize(
+    ("server", "path"),
+    [
+        ({"progress_paths": ["restore"]}, RESTORE),
+        ({"progress_paths": ["backupRestore"]}, BACKUP_RESTORE),
+        ({"progress_paths": ["backupRestore", "restore"]}, RESTORE),
+        ({"code_as_int": True, "login_field": "userAuthId"}, RESTORE),
+        ({"error_code_in_message": True}, RESTORE),
+    ],
+)
+async def test_simulator_variants(simulator, session, server, path) -> None:
+    """Each wire variant the simulator offers is understood; the path is discovered."""
+    sim = await simulator(sim_scenario(**server))
+    client = SklmClient(sim_config(sim), session)
+    assert await client.poll_phase() == PollResult(Phase.IDLE, False, path)
+    sim.server("sim-1").expire_sessions()
+    assert await client.poll_phase() == PollResult(Phase.IDLE, True, path)
+    assert sim.server("sim-1").logins == 2
+    assert await client.restore_result() == -1
+    assert await client.version() == "4.2.1.0"
+
+
+async def test_simulator_stalled_restore_phase(simulator, session) -> None:
+    """A restore sitting in RESTORE_KEYSTORES is read as that phase."""
+    restore = {"phases": [[1, 0.01], [4, 1.0]], "outcome": "stall"}
+    sim = await simulator(sim_scenario(restores=[restore]))
+    await sim.server("sim-1").wait_settled()
+    client = SklmClient(sim_config(sim, progress_path=RESTORE), session)
+    assert (await client.poll_phase()).phase is Phase.RESTORE_KEYSTORES
+
+
+async def test_simulator_restart(simulator, session) -> None:
+    """A restart is unreachable, then a re-login reports ``relogin=True``."""
+    sim = await simulator(sim_scenario())
+    server = sim.server("sim-1")
+    client = SklmClient(sim_config(sim), session)
+    assert (await client.poll_phase()).relogin is False
+    await server.restart(down=1.0, starting=0.2)
+    with pytest.raises(SklmUnreachable):
+        await client.poll_phase()
+    await server.wait_settled()
+    assert await client.poll_phase() == PollResult(Phase.IDLE, True, RESTORE)
+
+
+async def test_simulator_rejects_credentials(simulator, session) -> None:
+    """Wrong credentials are one failed login and SklmAuthError."""
+    sim = await simulator(sim_scenario())
+    client = SklmClient(sim_config(sim, password=Secret("nope")), session)
+    with pytest.raises(SklmAuthError, match="CTGKM6003E"):
+        await client.poll_phase()
+    assert sim.server("sim-1").failed_logins == 1
+
+
+@pytest.mark.parametrize(
+    ("fault", "detail"),
+    [
+        ("json_500", "HTTP 500 CTGKM0999E"),
+        ("json_404", "HTTP 404 CTGKM0998E"),
+        ("html_200", "body is not JSON (text/html)"),
+        ("html_500", "HTTP 500"),
+        ("truncated", "body is not JSON (application/json)"),
+    ],
+)
+async def test_simulator_faults(simulator, session, fault, detail) -> None:
+    """Every injected fault is a protocol error naming the server."""
+    sim = await simulator(sim_scenario(error_rate=1.0, faults=[fault]))
+    client = SklmClient(sim_config(sim, progress_path=RESTORE), session)
+    with pytest.raises(SklmProtocolError) as info:
+        await client.poll_phase()
+    assert str(info.value).startswith("sim-1: ")
+    assert detail in str(info.value)

@@ -10,8 +10,8 @@ Slack answers errors with a status and a short code in the body (``invalid_paylo
 ``action_prohibited``...); they are classified like any webhook answer (400/403/404/
 410 permanent, 429 honouring ``Retry-After``, 5xx transient) and the code goes into
 the error message. Slack allows about one message per second per webhook, so
-messages are spaced by ``min_interval`` (at least :data:`DEFAULT_MIN_INTERVAL`
-when the configuration leaves it 0).
+messages are spaced by ``min_interval`` (the configuration defaults it to 1 s for
+Slack; 0 turns the spacing off).
 """
 
 from __future__ import annotations
@@ -29,9 +29,6 @@ from watcher.config import SinkConfig
 from watcher.errors import ConfigError, ConfigProblem
 from watcher.events import Event, EventType, format_time
 from watcher.sinks.base import Clock, SystemClock, classify, post
-
-#: Seconds between two messages when ``min_interval`` is not set (Slack's 1 msg/s).
-DEFAULT_MIN_INTERVAL: Final = 1.0
 
 # Slack's error codes are short lower-case words; anything else in a body is not
 # quoted (it could echo something we should not log).
@@ -212,7 +209,7 @@ class SlackSink:
         self._config = config
         self._session = session
         self._clock: Clock = clock if clock is not None else SystemClock()
-        self._min_interval = config.min_interval or DEFAULT_MIN_INTERVAL
+        self._min_interval = config.min_interval
         self._next_send = -math.inf
         self._lock = anyio.Lock()
 

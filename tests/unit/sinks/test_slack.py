@@ -240,7 +240,7 @@ async def test_rate_limit_spaces_messages(session) -> None:
 async def test_failed_posts_count_against_the_rate_limit(session) -> None:
     """A rejected POST still spaces the next one (Slack counts every request)."""
     clock = FakeClock()
-    sink = _sink(session, clock)
+    sink = _sink(session, clock, min_interval=1.0)
     with aioresponses() as mocked:
         mock_post(mocked, URL, status=500)
         mock_post(mocked, URL, status=200)
@@ -248,3 +248,14 @@ async def test_failed_posts_count_against_the_rate_limit(session) -> None:
             await sink.deliver(completed_event())
         await sink.deliver(completed_event())
     assert clock.sleeps == [1.0]
+
+
+async def test_zero_min_interval_sends_at_once(session) -> None:
+    """With min_interval 0 (set explicitly) messages are not spaced."""
+    clock = FakeClock()
+    sink = _sink(session, clock, min_interval=0.0)
+    with aioresponses() as mocked:
+        mock_post(mocked, URL, status=200, repeat=True)
+        for _ in range(3):
+            await sink.deliver(completed_event())
+    assert clock.sleeps == []

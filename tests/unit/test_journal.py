@@ -1,0 +1,826 @@
+"""The journal: SQLite state, events and outbox, and the JSONL audit log (real files)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import tempfile
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from watcher import journal as journal_module
+from watcher.config import SinkConfig
+from watcher.errors import JournalError
+from watcher.events import Event, EventType
+from watcher.journal import (
+    AUDIT_CAUGHT_UP,
+    AUDIT_REBUILT,
+    AUDIT_TORN_LINE,
+    AUDIT_UNKNOWN_TAIL,
+    Journal,
+    OutboxRow,
+    OutboxStatus,
+    OutboxSummary,
+)
+
+T0 = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
+OPS = SinkConfig(name="ops", type="webhook")
+
+
+def at(seconds: float) -> datetime:
+    """T0 plus ``seconds``."""
+    return T0 + timedelta(seconds=seconds)
+
+
+def event(
+    server: str,
+    n: int,
+    type: EventType = EventType.RESTORE_PHASE,
+    *,
+    when: datetime | None = None,
+) -> Event:
+    """A deterministic event: the n-th of ``server``, at T0 + n seconds by default."""
+    return Event.create(
+        type,
+        server,
+        when or at(n),
+        {"restore_id": f"r-{server}", "phase": f"P{n}", "inferred": False},
+        key=(str(n),),
+    )
+
+
+class Paths:
+    """Where a test's journal lives."""
+
+    def __init__(self, root: Path) -> None:
+        self.state_dir = root / "state"
+        self.audit_log = root / "log" / "sklm" / "events.jsonl"
+        self.db = self.state_dir / "state.sqlite3"
+
+    def open(self, sinks: tuple[SinkConfig, ...] = (OPS,), **kw: Any) -> Journal:
+        """Open the journal here."""
+        return Journal.open(self.state_dir, self.audit_log, sinks, **kw)
+
+    def lines(self) -> list[str]:
+        """The audit log's lines (the file must end with a newline)."""
+        text = self.audit_log.read_text(encoding="utf-8")
+        assert text == "" or text.endswith("\n")
+        return text.splitlines()
+
+    def outbox(self) -> list[tuple[Any, ...]]:
+        """Every outbox row as (sink, event_id, server, status, attempts), by seq."""
+        conn = sqlite3.connect(self.db)
+        try:
+            return conn.execute(
+                "SELECT sink, event_id, server, status, attempts FROM outbox "
+                "ORDER BY seq, sink"
+            ).fetchall()
+        finally:
+            conn.close()
+
+    def execute(self, sql: str, *params: Any) -> None:
+        """Run one statement on the database with a connection of our own."""
+        conn = sqlite3.connect(self.db)
+        try:
+            with conn:
+                conn.execute(sql, params)
+        finally:
+            conn.close()
+
+
+@pytest.fixture
+def paths(tmp_path: Path) -> Paths:
+    """Fresh locations for a journal and its audit log."""
+    return Paths(tmp_path)
+
+
+@pytest.fixture
+def journal(paths: Paths) -> Iterator[Journal]:
+    """A journal with one catch-all sink, ``ops``; closed on teardown."""
+    opened = paths.open()
+    yield opened
+    opened.close()
+
+
+def jsonl(events: list[Event]) -> list[str]:
+    """The audit lines these events should produce."""
+    return [e.to_json() for e in events]
+
+
+# --- recording ----------------------------------------------------------------------
+
+
+def test_record_stores_events_state_and_outbox(journal: Journal, paths: Paths) -> None:
+    """One record stores the events, the state, one outbox row per event and the log."""
+    events = [event("a", 1), event("a", 2, EventType.RESTORE_COMPLETED)]
+    state = {"phase": 7, "restore": {"id": "r-a", "timeline": [1, 2]}}
+
+    new = journal.record("a", state, events)
+
+    assert new == events
+    assert journal.events() == events
+    assert journal.load_states() == {"a": state}
+    assert paths.outbox() == [
+        ("ops", events[0].id, "a", "pending", 0),
+        ("ops", events[1].id, "a", "pending", 0),
+    ]
+    assert paths.lines() == jsonl(events)
+
+
+def test_record_without_events_only_saves_the_state(
+    journal: Journal, paths: Paths
+) -> None:
+    """A state change without events updates the state and writes nothing else."""
+    journal.record("a", {"phase": 1}, [])
+    journal.record("a", {"phase": 2}, [])
+
+    assert journal.load_states() == {"a": {"phase": 2}}
+    assert journal.events() == []
+    assert paths.outbox() == []
+    assert paths.lines() == []
+
+
+def test_duplicate_ids_are_skipped(journal: Journal, paths: Paths) -> None:
+    """Events re-derived after a crash keep their ids and are stored, queued, logged once."""
+    e1, e2, e3 = event("a", 1), event("a", 2), event("a", 3)
+    journal.record("a", {"n": 1}, [e1, e2])
+
+    new = journal.record("a", {"n": 2}, [e1, e2, e3, e3])
+
+    assert new == [e3]
+    assert journal.events() == [e1, e2, e3]
+    assert [row[1] for row in paths.outbox()] == [e1.id, e2.id, e3.id]
+    assert paths.lines() == jsonl([e1, e2, e3])
+    assert journal.load_states() == {"a": {"n": 2}}
+
+
+def test_sink_filters_decide_outbox_rows(paths: Paths) -> None:
+    """Each sink gets rows only for the event types and servers its globs name."""
+    sinks = (
+        OPS,
+        SinkConfig(name="slack", type="slack", events=("sklm.restore.completed",)),
+        SinkConfig(name="prod", type="webhook", servers=("prod-*",)),
+    )
+    phase_prod = event("prod-1", 1)
+    done_prod = event("prod-1", 2, EventType.RESTORE_COMPLETED)
+    done_lab = event("lab-1", 3, EventType.RESTORE_COMPLETED)
+    with paths.open(sinks) as journal:
+        journal.record("prod-1", {}, [phase_prod, done_prod])
+        journal.record("lab-1", {}, [done_lab])
+
+    assert paths.outbox() == [
+        ("ops", phase_prod.id, "prod-1", "pending", 0),
+        ("prod", phase_prod.id, "prod-1", "pending", 0),
+        ("ops", done_prod.id, "prod-1", "pending", 0),
+        ("prod", done_prod.id, "prod-1", "pending", 0),
+        ("slack", done_prod.id, "prod-1", "pending", 0),
+        ("ops", done_lab.id, "lab-1", "pending", 0),
+        ("slack", done_lab.id, "lab-1", "pending", 0),
+    ]
+
+
+def test_set_sinks_applies_to_later_events_only(journal: Journal, paths: Paths) -> None:
+    """A sink added on reload gets later events only; a removed sink keeps its rows."""
+    before = event("a", 1)
+    journal.record("a", {}, [before])
+    journal.set_sinks([SinkConfig(name="new", type="webhook")])
+    after = event("a", 2)
+    journal.record("a", {}, [after])
+
+    assert paths.outbox() == [
+        ("ops", before.id, "a", "pending", 0),
+        ("new", after.id, "a", "pending", 0),
+    ]
+    removed = journal.next_due("ops", at(100))
+    assert removed is not None
+    assert removed.event == before
+    assert journal.outbox_summary(at(100)) == [
+        OutboxSummary(sink="new", pending=1, dead=0, oldest_pending_age=98.0)
+    ]
+
+
+def test_audit_log_equals_the_journal(journal: Journal, paths: Paths) -> None:
+    """After interleaved records of several servers the log holds the journal's events."""
+    for n in range(6):
+        server = "ab"[n % 2]
+        journal.record(server, {"n": n}, [event(server, n), event(server, n + 10)])
+
+    assert len(journal.events()) == 12
+    assert paths.lines() == jsonl(journal.events())
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    batches=st.lists(
+        st.lists(st.tuples(st.sampled_from("ab"), st.integers(0, 6)), max_size=5),
+        max_size=6,
+    )
+)
+def test_any_batching_stores_each_event_once(
+    batches: list[list[tuple[str, int]]],
+) -> None:
+    """Whatever the batching and repetition, each event is stored and logged once, in order."""
+    with tempfile.TemporaryDirectory() as root:
+        paths = Paths(Path(root))
+        expected: list[Event] = []
+        with paths.open() as journal:
+            for batch in batches:
+                events = [event(server, n) for server, n in batch]
+                journal.record("a", {}, events)
+                expected.extend(e for e in events if e not in expected)
+            assert journal.events() == expected
+        assert paths.lines() == jsonl(expected)
+
+
+# --- audit log reconciliation -------------------------------------------------------
+
+
+def _recorded(paths: Paths, count: int = 4) -> list[Event]:
+    """Record ``count`` events in a journal, close it and return them."""
+    events = [event("a", n) for n in range(count)]
+    with paths.open() as journal:
+        for e in events:
+            journal.record("a", {}, [e])
+    return events
+
+
+def _drop_last_lines(path: Path, count: int) -> None:
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:-count]))
+
+
+def test_reconcile_appends_events_missing_from_the_log(paths: Paths, logs) -> None:
+    """Events committed but not appended (killed in between) are appended on open."""
+    events = _recorded(paths)
+    _drop_last_lines(paths.audit_log, 2)
+
+    paths.open().close()
+
+    assert paths.lines() == jsonl(events)
+    assert logs == [
+        {
+            "event": AUDIT_CAUGHT_UP,
+            "log_level": "warning",
+            "path": str(paths.audit_log),
+            "events": 2,
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    "torn",
+    [b'{"specversion":"1.0","id":"', b"\x00\x00\x00\x00", b"not json\n"],
+    ids=["half-written", "nul-filled", "garbage-line"],
+)
+def test_reconcile_drops_a_torn_last_line(paths: Paths, torn: bytes, logs) -> None:
+    """A torn last line is cut off and the events it lost are appended, once each."""
+    events = _recorded(paths)
+    _drop_last_lines(paths.audit_log, 1)
+    size = paths.audit_log.stat().st_size
+    with paths.audit_log.open("ab") as f:
+        f.write(torn)
+
+    paths.open().close()
+
+    assert paths.lines() == jsonl(events)
+    assert [entry["event"] for entry in logs] == [AUDIT_TORN_LINE, AUDIT_CAUGHT_UP]
+    assert logs[0]["offset"] == size
+    assert logs[0]["dropped"] == len(torn)
+
+
+def test_reconcile_ends_a_whole_line_missing_its_newline(paths: Paths, logs) -> None:
+    """A complete event line without its newline is kept and terminated, not dropped."""
+    events = _recorded(paths)
+    paths.audit_log.write_bytes(paths.audit_log.read_bytes()[:-1])
+
+    paths.open().close()
+
+    assert paths.lines() == jsonl(events)
+    assert logs == []
+
+
+@pytest.mark.parametrize("damage", ["missing", "empty"])
+def test_reconcile_rebuilds_a_lost_log(paths: Paths, damage: str, logs) -> None:
+    """A missing or empty log is rebuilt from the database with a warning."""
+    events = _recorded(paths)
+    if damage == "missing":
+        paths.audit_log.unlink()
+    else:
+        paths.audit_log.write_bytes(b"")
+
+    paths.open().close()
+
+    assert paths.lines() == jsonl(events)
+    assert [entry["event"] for entry in logs] == [AUDIT_REBUILT]
+
+
+def test_reconcile_with_an_intact_log_changes_nothing(paths: Paths, logs) -> None:
+    """Reopening after a clean close leaves the log byte for byte as it was."""
+    _recorded(paths)
+    before = paths.audit_log.read_bytes()
+
+    paths.open().close()
+
+    assert paths.audit_log.read_bytes() == before
+    assert logs == []
+
+
+def test_reconcile_leaves_a_log_ahead_of_the_database(paths: Paths, logs) -> None:
+    """A log ending with an event the database lacks gets nothing appended (no guessing)."""
+    _recorded(paths)
+    foreign = event("z", 99)
+    with paths.audit_log.open("a", encoding="utf-8") as f:
+        f.write(foreign.to_json() + "\n")
+    before = paths.audit_log.read_bytes()
+
+    paths.open().close()
+
+    assert paths.audit_log.read_bytes() == before
+    assert logs == [
+        {
+            "event": AUDIT_UNKNOWN_TAIL,
+            "log_level": "warning",
+            "path": str(paths.audit_log),
+            "last_id": foreign.id,
+        }
+    ]
+
+
+def test_reconcile_refuses_a_file_that_is_not_an_audit_log(paths: Paths) -> None:
+    """A file whose last two lines are not events is refused and left untouched."""
+    paths.audit_log.parent.mkdir(parents=True)
+    paths.audit_log.write_bytes(b"syslog line one\nsyslog line two\nthree")
+
+    with pytest.raises(JournalError, match="does not end with an event"):
+        paths.open()
+
+    assert paths.audit_log.read_bytes() == b"syslog line one\nsyslog line two\nthree"
+
+
+def test_reconcile_reads_only_the_tail(
+    paths: Paths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening a large log reads a bounded tail, not the whole file."""
+    events = _recorded(paths)
+    body = paths.audit_log.read_bytes()
+    filler = (event("old", 0).to_json() + "\n").encode() * 20_000  # several MB
+    paths.audit_log.write_bytes(filler + body)
+    read: list[int] = []
+    real_pread = os.pread
+
+    def counting_pread(fd: int, size: int, offset: int) -> bytes:
+        read.append(size)
+        return real_pread(fd, size, offset)
+
+    monkeypatch.setattr(os, "pread", counting_pread)
+
+    paths.open().close()
+
+    assert len(filler) > 20 * journal_module.TAIL_CHUNK
+    assert sum(read) <= 2 * journal_module.TAIL_CHUNK
+    assert paths.lines()[-len(events) :] == jsonl(events)
+
+
+def test_failed_audit_append_is_caught_up_by_the_next_record(
+    journal: Journal, paths: Paths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the append fails the events stay stored and the next record catches the log up."""
+    e1, e2, e3 = event("a", 1), event("a", 2), event("a", 3)
+    journal.record("a", {}, [e1])
+    real_fsync = os.fsync
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(JournalError, match="No space left on device"):
+        journal.record("a", {"n": 2}, [e2])
+    monkeypatch.setattr(os, "fsync", real_fsync)
+
+    assert journal.events() == [e1, e2]
+    assert journal.load_states() == {"a": {"n": 2}}
+    assert journal.record("a", {}, [e2, e3]) == [e3]
+    assert paths.lines() == jsonl([e1, e2, e3])
+
+
+# --- outbox -------------------------------------------------------------------------
+
+
+def _row(
+    e: Event,
+    *,
+    seq: int,
+    sink: str = "ops",
+    attempts: int = 0,
+    first_attempt_at: datetime | None = None,
+    next_attempt_at: datetime | None = None,
+    last_error: str | None = None,
+    status: OutboxStatus = OutboxStatus.PENDING,
+    delivered_at: datetime | None = None,
+    dead_at: datetime | None = None,
+) -> OutboxRow:
+    return OutboxRow(
+        sink=sink,
+        event=e,
+        attempts=attempts,
+        first_attempt_at=first_attempt_at,
+        next_attempt_at=next_attempt_at or e.time,
+        last_error=last_error,
+        status=status,
+        delivered_at=delivered_at,
+        dead_at=dead_at,
+        seq=seq,
+    )
+
+
+def test_next_due_keeps_per_server_order(journal: Journal) -> None:
+    """A retrying head holds back later rows of its server but not other servers'."""
+    a1, a2, b1 = event("a", 1), event("a", 2), event("b", 3)
+    journal.record("a", {}, [a1, a2])
+    journal.record("b", {}, [b1])
+    now = at(10)
+
+    assert journal.next_due("ops", now) == _row(a1, seq=1)
+    journal.reschedule(
+        "ops", a1.id, attempts=1, next_attempt_at=at(60), error="HTTP 500", at=now
+    )
+    assert journal.next_due("ops", now) == _row(b1, seq=3)
+    journal.mark_delivered("ops", b1.id, now)
+    assert journal.next_due("ops", now) is None
+    assert journal.next_due_at("ops") == at(60)
+
+    assert journal.next_due("ops", at(60)) == _row(
+        a1,
+        seq=1,
+        attempts=1,
+        first_attempt_at=now,
+        next_attempt_at=at(60),
+        last_error="HTTP 500",
+    )
+    journal.mark_delivered("ops", a1.id, at(60))
+    assert journal.next_due("ops", at(60)) == _row(a2, seq=2)
+    journal.mark_delivered("ops", a2.id, at(61))
+    assert journal.next_due("ops", at(1000)) is None
+    assert journal.next_due_at("ops") is None
+
+
+def test_next_due_waits_for_the_due_time(journal: Journal) -> None:
+    """A row is not due before its next_attempt_at, and next_due_at says when it is."""
+    later = event("a", 30)
+    journal.record("a", {}, [later])
+
+    assert journal.next_due("ops", at(29)) is None
+    assert journal.next_due_at("ops") == at(30)
+    assert journal.next_due("ops", at(30)) == _row(later, seq=1)
+    assert journal.next_due("other", at(30)) is None
+    assert journal.next_due_at("other") is None
+
+
+def test_next_due_at_looks_only_at_heads(journal: Journal) -> None:
+    """A due row behind a rescheduled head does not make the sink due earlier."""
+    a1, a2 = event("a", 1), event("a", 2)
+    journal.record("a", {}, [a1, a2])
+    journal.reschedule("ops", a1.id, attempts=1, next_attempt_at=at(90), error="x")
+
+    assert journal.next_due_at("ops") == at(90)
+
+
+def test_mark_delivered_records_the_attempt(journal: Journal, paths: Paths) -> None:
+    """A delivery counts one attempt and stamps first attempt and delivery times."""
+    e = event("a", 1)
+    journal.record("a", {}, [e])
+    journal.mark_delivered("ops", e.id, at(5))
+
+    assert paths.outbox() == [("ops", e.id, "a", "delivered", 1)]
+    assert journal.next_due("ops", at(5)) is None
+
+
+def test_dead_letter_and_requeue(journal: Journal) -> None:
+    """A dead row stops blocking its server, is listed, and requeue makes it pending anew."""
+    a1, a2 = event("a", 1), event("a", 2)
+    journal.record("a", {}, [a1, a2])
+    journal.reschedule(
+        "ops", a1.id, attempts=3, next_attempt_at=at(20), error="HTTP 503", at=at(2)
+    )
+    journal.dead_letter("ops", a1.id, error="HTTP 410 Gone", at=at(20))
+
+    dead = _row(
+        a1,
+        seq=1,
+        attempts=4,
+        first_attempt_at=at(2),
+        next_attempt_at=at(20),
+        last_error="HTTP 410 Gone",
+        status=OutboxStatus.DEAD,
+        dead_at=at(20),
+    )
+    assert journal.dead_rows() == [dead]
+    assert journal.dead_rows("ops") == [dead]
+    assert journal.dead_rows("other") == []
+    assert journal.next_due("ops", at(20)) == _row(a2, seq=2)
+    assert journal.outbox_summary(at(22)) == [
+        OutboxSummary(sink="ops", pending=1, dead=1, oldest_pending_age=20.0)
+    ]
+
+    assert journal.requeue(all_dead=True, at=at(30)) == 1
+
+    assert journal.dead_rows() == []
+    assert journal.next_due("ops", at(30)) == _row(
+        a1, seq=1, next_attempt_at=at(30), last_error="HTTP 410 Gone"
+    )
+    assert journal.outbox_summary(at(32)) == [
+        OutboxSummary(sink="ops", pending=2, dead=0, oldest_pending_age=31.0)
+    ]
+
+
+def test_requeue_selects_by_sink_and_event(paths: Paths) -> None:
+    """Requeue touches only dead rows of the named sink and/or event."""
+    sinks = (OPS, SinkConfig(name="slack", type="slack"))
+    e1, e2 = event("a", 1), event("b", 2)
+    with paths.open(sinks) as journal:
+        journal.record("a", {}, [e1])
+        journal.record("b", {}, [e2])
+        for sink in ("ops", "slack"):
+            for e in (e1, e2):
+                journal.dead_letter(sink, e.id, error="gone", at=at(9))
+
+        assert journal.requeue(sink="slack", event_id=e2.id, at=at(10)) == 1
+        assert journal.requeue(event_id=e1.id, at=at(10)) == 2
+        assert journal.requeue(sink="ops", at=at(10)) == 1
+        assert journal.requeue(all_dead=True) == 0
+        with pytest.raises(ValueError, match="all_dead"):
+            journal.requeue()
+
+    assert [row[3] for row in paths.outbox()] == ["pending"] * 4
+
+
+def test_outbox_summary_lists_every_configured_sink(paths: Paths) -> None:
+    """A configured sink with an empty outbox shows zeros and no age."""
+    sinks = (OPS, SinkConfig(name="quiet", type="webhook", events=("nothing",)))
+    with paths.open(sinks) as journal:
+        journal.record("a", {}, [event("a", 1)])
+        assert journal.outbox_summary(at(11)) == [
+            OutboxSummary(sink="ops", pending=1, dead=0, oldest_pending_age=10.0),
+            OutboxSummary(sink="quiet", pending=0, dead=0, oldest_pending_age=None),
+        ]
+
+
+def test_suppress_takes_a_row_out_of_the_queue(journal: Journal) -> None:
+    """A suppressed row is never due and does not block its server."""
+    a1, a2 = event("a", 1), event("a", 2)
+    journal.record("a", {}, [a1, a2])
+
+    assert journal.suppress("ops", a1.id, reason="superseded") is True
+    assert journal.suppress("ops", a1.id, reason="again") is False
+    assert journal.next_due("ops", at(5)) == _row(a2, seq=2)
+
+
+def test_updating_a_missing_row_is_an_error(journal: Journal) -> None:
+    """Marking a row that does not exist raises instead of passing silently."""
+    with pytest.raises(JournalError, match="no outbox row for sink ops"):
+        journal.mark_delivered("ops", "no-such-event", at(1))
+
+
+# --- history and state --------------------------------------------------------------
+
+
+def test_load_states_round_trip(paths: Paths) -> None:
+    """States survive a reopen unchanged, the latest per server."""
+    states: dict[str, dict[str, Any]] = {
+        "a": {"phase": 3, "restore_id": "r", "flags": [True, None], "at": "2026-11-29"},
+        "b": {"phase": None, "nested": {"x": 1.5}},
+    }
+    with paths.open() as journal:
+        journal.record("a", {"phase": 1}, [])
+        for server, state in states.items():
+            journal.record(server, state, [])
+    with paths.open() as journal:
+        assert journal.load_states() == states
+
+
+def test_events_filters(journal: Journal) -> None:
+    """events() filters by server, type glob and time, in journal order."""
+    a1 = event("a", 1)
+    b2 = event("b", 2, EventType.SERVER_UNREACHABLE)
+    a3 = event("a", 3, EventType.RESTORE_COMPLETED)
+    journal.record("a", {}, [a1])
+    journal.record("b", {}, [b2])
+    journal.record("a", {}, [a3])
+
+    assert journal.events() == [a1, b2, a3]
+    assert journal.events(server="a") == [a1, a3]
+    assert journal.events(type_glob="sklm.restore.*") == [a1, a3]
+    assert journal.events(type_glob="sklm.server.*") == [b2]
+    assert journal.events(since=at(2)) == [b2, a3]
+    assert journal.events(server="a", type_glob="*.phase", since=at(0)) == [a1]
+
+
+def test_event_times_round_trip_exactly(journal: Journal) -> None:
+    """Sub-millisecond event times come back exactly, though the JSON shows milliseconds."""
+    e = event("a", 1, when=T0 + timedelta(microseconds=123_456))
+    journal.record("a", {}, [e])
+
+    assert journal.events() == [e]
+    assert journal.events()[0].to_json() == e.to_json()
+
+
+# --- opening, locking, schema -------------------------------------------------------
+
+
+def test_second_open_names_the_lock_holder(journal: Journal, paths: Paths) -> None:
+    """A second daemon on the same state_dir fails with the holder's pid."""
+    with pytest.raises(JournalError, match=rf"in use .*\(pid {os.getpid()}\)"):
+        paths.open()
+
+
+def test_lock_is_released_on_close(paths: Paths) -> None:
+    """After close another journal can take the state_dir."""
+    paths.open().close()
+    paths.open().close()
+
+
+def test_read_only_open_works_while_locked(journal: Journal, paths: Paths) -> None:
+    """A read-only journal reads what the daemon wrote and refuses to write."""
+    e = event("a", 1)
+    journal.record("a", {"phase": 1}, [e])
+
+    with paths.open(read_only=True) as view:
+        assert view.events() == [e]
+        assert view.load_states() == {"a": {"phase": 1}}
+        assert view.outbox_summary(at(1)) == [
+            OutboxSummary(sink="ops", pending=1, dead=0, oldest_pending_age=0.0)
+        ]
+        with pytest.raises(JournalError, match="read-only"):
+            view.record("a", {}, [event("a", 2)])
+        with pytest.raises(JournalError, match="read-only"):
+            view.requeue(all_dead=True)
+    assert paths.lines() == jsonl([e])
+
+
+def test_read_only_open_needs_a_database(paths: Paths) -> None:
+    """A read-only open of a state_dir the daemon never used says so."""
+    with pytest.raises(JournalError, match="no state database"):
+        paths.open(read_only=True)
+
+
+def test_unlocked_open_may_requeue_but_not_record(
+    journal: Journal, paths: Paths
+) -> None:
+    """Without the lock a CLI can requeue dead rows while the daemon runs, not record."""
+    e = event("a", 1)
+    journal.record("a", {}, [e])
+    journal.dead_letter("ops", e.id, error="gone", at=at(2))
+
+    with paths.open(lock=False) as admin:
+        assert admin.requeue(all_dead=True, at=at(3)) == 1
+        with pytest.raises(JournalError, match="without the state_dir lock"):
+            admin.record("a", {}, [event("a", 2)])
+
+    assert journal.next_due("ops", at(3)) == _row(
+        e, seq=1, attempts=0, next_attempt_at=at(3), last_error="gone"
+    )
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+def test_newer_schema_is_refused(paths: Paths, read_only: bool) -> None:
+    """A database written by a newer release is refused, naming its version."""
+    paths.open().close()
+    paths.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+
+    with pytest.raises(JournalError, match="schema version 99, newer"):
+        paths.open(read_only=read_only)
+
+
+def test_older_schema_is_migrated(
+    paths: Paths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each migration step runs once, in order, and the new version is stored."""
+    e = event("a", 1)
+    with paths.open() as journal:
+        journal.record("a", {}, [e])
+    steps: list[int] = []
+
+    def step(version: int):
+        def migrate(conn: sqlite3.Connection) -> None:
+            steps.append(version)
+            conn.execute(f"ALTER TABLE events ADD COLUMN extra{version} TEXT")
+
+        return migrate
+
+    monkeypatch.setattr(journal_module, "SCHEMA_VERSION", 3)
+    monkeypatch.setattr(journal_module, "_MIGRATIONS", {1: step(1), 2: step(2)})
+
+    with paths.open() as journal:
+        assert journal.events() == [e]
+    with paths.open() as journal:
+        pass
+
+    assert steps == [1, 2]
+    conn = sqlite3.connect(paths.db)
+    try:
+        assert conn.execute("SELECT value FROM meta").fetchall() == [("3",)]
+    finally:
+        conn.close()
+
+
+def test_missing_migration_is_an_error(
+    paths: Paths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An older database with no migration path is refused, and the lock released."""
+    paths.open().close()
+    monkeypatch.setattr(journal_module, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(journal_module, "_MIGRATIONS", {})
+
+    with pytest.raises(JournalError, match="no migration from version 1"):
+        paths.open()
+    monkeypatch.setattr(journal_module, "SCHEMA_VERSION", 1)
+    paths.open().close()
+
+
+def test_foreign_database_is_refused(paths: Paths) -> None:
+    """A SQLite file that is not ours is refused rather than written into."""
+    paths.state_dir.mkdir(parents=True)
+    paths.execute("CREATE TABLE something_else (x)")
+
+    with pytest.raises(JournalError, match="not an sklm-watcher state database"):
+        paths.open()
+
+
+def test_unusable_state_dir_becomes_a_journal_error(tmp_path: Path) -> None:
+    """An OSError at open is translated into a JournalError naming the path."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+
+    with pytest.raises(JournalError, match="creating state_dir") as caught:
+        Journal.open(blocker / "state", tmp_path / "events.jsonl", [OPS])
+    assert isinstance(caught.value.__cause__, OSError)
+
+
+def test_open_creates_directories_and_wal_database(paths: Paths) -> None:
+    """Open creates state_dir, the log's parents and a WAL database at FULL sync."""
+    with paths.open():
+        assert paths.audit_log.exists()
+        assert (paths.state_dir / "lock").read_text() == f"{os.getpid()}\n"
+        conn = sqlite3.connect(paths.db)
+        try:
+            assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        finally:
+            conn.close()
+
+
+def test_closed_journal_refuses_calls(paths: Paths) -> None:
+    """Close is idempotent and a closed journal raises JournalError."""
+    journal = paths.open()
+    journal.close()
+    journal.close()
+
+    with pytest.raises(JournalError, match="closed"):
+        journal.events()
+
+
+# --- async access -------------------------------------------------------------------
+
+
+async def test_call_runs_in_a_worker_thread(journal: Journal) -> None:
+    """call() runs the function off the event loop's thread and returns its result."""
+    e = event("a", 1)
+
+    assert await journal.call(threading.get_ident) != threading.get_ident()
+    assert await journal.call(journal.record, "a", {}, [e]) == [e]
+    assert await journal.call(journal.events) == [e]
+
+
+async def test_call_serialises(journal: Journal) -> None:
+    """A second call waits for the first one's thread to finish."""
+    entered = threading.Event()
+    release = threading.Event()
+    order: list[str] = []
+
+    def first() -> None:
+        order.append("first started")
+        entered.set()
+        release.wait(timeout=30)
+        order.append("first done")
+
+    def second() -> None:
+        order.append("second")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(journal.call, first)
+        await anyio.to_thread.run_sync(entered.wait)
+        tg.start_soon(journal.call, second)
+        # Every task is now blocked: the first on its thread, the second on the limiter.
+        await anyio.wait_all_tasks_blocked()
+        assert journal._limiter.statistics().tasks_waiting == 1
+        assert order == ["first started"]
+        release.set()
+
+    assert order == ["first started", "first done", "second"]

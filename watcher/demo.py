@@ -1,0 +1,255 @@
+"""``sklm-watcher demo``: the simulator, the daemon and a console, on loopback.
+
+A newcomer with no SKLM anywhere sees the watcher follow a fleet of restores: the
+built-in simulator plays the shipped ``demo`` scenario over HTTPS (TLS verified
+against the simulator's own CA), the real daemon watches it with a real journal in a
+temporary state directory, every event is printed as it is delivered, and at the end
+each server's record is compared with the simulator's ground truth.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, TextIO
+
+import anyio
+
+from watcher.config import load_config
+from watcher.daemon import Daemon
+from watcher.events import Event, EventType
+from watcher.phases import Phase
+from watcher.simulator import (
+    Simulator,
+    load_scenario,
+    make_tls,
+    scenario_path,
+    write_watcher_config,
+)
+
+#: The demo ends by itself after this long even if an outcome never showed.
+MAX_SECONDS: Final = 55.0
+
+_MARKS: Final = {
+    EventType.RESTORE_STARTED: "▶ restore started",
+    EventType.RESTORE_COMPLETED: "✔ restore completed",
+    EventType.RESTORE_FAILED: "✘ restore failed",
+    EventType.RESTORE_STALLED: "⚠ restore stalled",
+    EventType.SERVER_UNREACHABLE: "✘ server unreachable",
+    EventType.SERVER_RECOVERED: "✔ server answering again",
+    EventType.SERVER_RESTARTED: "↻ server restarted after the restore",
+    EventType.AUTH_FAILED: "✘ credentials rejected",
+}
+
+#: Which event ends a scripted restore, by the scenario's ``outcome``.
+_OUTCOME_EVENT: Final = {
+    "complete": EventType.SERVER_RESTARTED,
+    "fail": EventType.RESTORE_FAILED,
+    "stall": EventType.RESTORE_STALLED,
+}
+
+
+class ConsoleSink:
+    """A sink that prints each event as one line a person reads at a glance."""
+
+    def __init__(self, out: TextIO, started_at: datetime) -> None:
+        self.name = "console"
+        self._out = out
+        self._started_at = started_at
+        self.seen: dict[str, list[Event]] = defaultdict(list)
+        self.changed = anyio.Event()
+
+    async def deliver(self, event: Event) -> None:
+        """Print the event and remember it."""
+        self.seen[event.server].append(event)
+        print(self.line(event), file=self._out, flush=True)
+        self.changed.set()
+        self.changed = anyio.Event()
+
+    def line(self, event: Event) -> str:
+        """The event as one console line: elapsed time, server, what happened."""
+        elapsed = (event.time - self._started_at).total_seconds()
+        data = event.data
+        if event.type is EventType.RESTORE_PHASE:
+            phase = Phase[str(data["phase"])]
+            how = "inferred (passed between two polls)" if data["inferred"] else "seen"
+            text = f"  · {phase.name:<21} {int(phase)}/7  {how}"
+        else:
+            text = _MARKS.get(event.type, str(event.type))
+            if event.type in (EventType.RESTORE_COMPLETED, EventType.RESTORE_FAILED):
+                if data.get("duration") is not None:
+                    text += f" in {float(data['duration']):.1f} s"
+                if data.get("reason"):
+                    text += f": {data['reason']}"
+            elif event.type is EventType.RESTORE_STALLED:
+                text += f" in {data.get('phase')} for {float(data.get('stalled_for') or 0):.1f} s"
+            elif event.type is EventType.SERVER_RESTARTED and data.get("down_for"):
+                text += f" (away {float(data['down_for']):.1f} s)"
+        return f"{elapsed:7.2f}s  {event.server:<14} {text}"
+
+
+@dataclass(frozen=True, slots=True)
+class TruthCheck:
+    """One server's recorded phases compared with the simulator's ground truth."""
+
+    server: str
+    truth: tuple[str, ...]
+    recorded: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        """Whether the watcher recorded exactly the phases that really happened."""
+        return self.truth == self.recorded
+
+
+def compare_with_truth(
+    events: Iterable[Event], truth: Iterable[Mapping[str, Any]]
+) -> dict[str, TruthCheck]:
+    """Compare the phase events per server with the ground truth's phase lines."""
+    true_phases: dict[str, list[str]] = defaultdict(list)
+    for line in truth:
+        if line.get("kind") == "phase" and line.get("phase") != "IDLE":
+            true_phases[str(line["server"])].append(str(line["phase"]))
+    recorded: dict[str, list[str]] = defaultdict(list)
+    for event in events:
+        if event.type is EventType.RESTORE_PHASE:
+            recorded[event.server].append(str(event.data["phase"]))
+    servers = sorted(set(true_phases) | set(recorded))
+    return {
+        s: TruthCheck(s, tuple(true_phases[s]), tuple(recorded[s])) for s in servers
+    }
+
+
+def summary_rows(events: Sequence[Event], servers: Sequence[str]) -> list[list[str]]:
+    """One row per server: outcome, phases observed / inferred, restore duration."""
+    rows = []
+    for server in servers:
+        mine = [e for e in events if e.server == server]
+        phases = [e for e in mine if e.type is EventType.RESTORE_PHASE]
+        inferred = sum(1 for e in phases if e.data["inferred"])
+        outcome, duration = "idle", "-"
+        for event in mine:
+            if event.type is EventType.RESTORE_STARTED:
+                outcome = "running"
+            elif event.type is EventType.RESTORE_COMPLETED:
+                outcome = "completed"
+                duration = f"{float(event.data.get('duration') or 0):.1f} s"
+            elif event.type is EventType.RESTORE_FAILED:
+                outcome = "failed"
+                duration = f"{float(event.data.get('duration') or 0):.1f} s"
+            elif event.type is EventType.RESTORE_STALLED and outcome == "running":
+                outcome = f"stalled in {event.data.get('phase')}"
+            elif event.type is EventType.SERVER_RESTARTED:
+                outcome = "completed, restarted"
+        rows.append(
+            [server, outcome, f"{len(phases) - inferred} / {inferred}", duration]
+        )
+    return rows
+
+
+async def run(*, keep: Path | None = None, out: TextIO | None = None) -> int:
+    """Run the demo; return 0 when every server's record matches the ground truth."""
+    stream = out if out is not None else sys.stdout
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        return await _run_in(keep, stream)
+    with tempfile.TemporaryDirectory(prefix="sklm-watcher-demo-") as tmp:
+        return await _run_in(Path(tmp), stream)
+
+
+async def _run_in(workdir: Path, out: TextIO) -> int:
+    scenario = load_scenario(scenario_path("demo"))
+    ca_pem, server_tls, _ = make_tls()
+    ca_file = workdir / "simulator-ca.pem"
+    ca_file.write_bytes(ca_pem)
+    truth_file = workdir / "ground-truth.jsonl"
+    truth_file.unlink(missing_ok=True)
+    started_at = datetime.now(UTC)
+    async with Simulator(
+        scenario, ssl_context=server_tls, ground_truth=truth_file
+    ) as simulator:
+        config_file = workdir / "watcher.toml"
+        write_watcher_config(
+            simulator, config_file, state_dir=workdir / "state", ca_file=ca_file
+        )
+        config = load_config(config_file)
+        console = ConsoleSink(out, started_at)
+        names = [s.name for s in config.servers]
+        print(
+            f"sklm-watcher demo: {len(names)} simulated SKLM servers over HTTPS "
+            f"(TLS verified with {ca_file.name}); state in {workdir}",
+            file=out,
+        )
+        print("Events as the watcher records them (Ctrl-C ends early):\n", file=out)
+        daemon = Daemon(config, extra_sinks={console.name: console})
+        expected = {
+            spec.name: [_OUTCOME_EVENT[r.outcome] for r in spec.restores]
+            for spec in scenario.servers
+        }
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(daemon.run)
+            with anyio.move_on_after(MAX_SECONDS):
+                while not _all_seen(console.seen, expected):
+                    await console.changed.wait()
+            daemon.stop()
+        events = daemon_events(workdir)
+        truth = simulator.truth
+    print("\nSummary", file=out)
+    _print_rows(
+        out,
+        ["SERVER", "OUTCOME", "PHASES SEEN / INFERRED", "RESTORE TOOK"],
+        summary_rows(events, names),
+    )
+    checks = compare_with_truth(events, truth)
+    bad = [c for c in checks.values() if not c.ok]
+    verdict = "match" if not bad else "DIFFER FROM"
+    print(
+        f"\nThe recorded phases {verdict} the simulator's ground truth "
+        f"({len(checks) - len(bad)}/{len(checks)} servers).",
+        file=out,
+    )
+    for check in bad:
+        print(
+            f"  {check.server}: truth {check.truth}, recorded {check.recorded}",
+            file=out,
+        )
+    print(f"Audit log: {workdir / 'state' / 'events.jsonl'}", file=out)
+    return 0 if not bad else 1
+
+
+def daemon_events(workdir: Path) -> list[Event]:
+    """The events the demo's daemon wrote to its audit log, in order."""
+    path = workdir / "state" / "events.jsonl"
+    if not path.exists():
+        return []
+    return [
+        Event.from_json(line)
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
+
+
+def _all_seen(
+    seen: Mapping[str, Sequence[Event]], expected: Mapping[str, Sequence[EventType]]
+) -> bool:
+    for server, outcomes in expected.items():
+        types = [e.type for e in seen.get(server, ())]
+        if any(types.count(t) < outcomes.count(t) for t in outcomes):
+            return False
+    return True
+
+
+def _print_rows(
+    out: TextIO, header: Sequence[str], rows: Sequence[Sequence[str]]
+) -> None:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print(
+            "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)),
+            file=out,
+        )
