@@ -156,7 +156,7 @@ async def run(*, keep: Path | None = None, out: TextIO | None = None) -> int:
     """Run the demo; return 0 when every server's record matches the ground truth."""
     stream = out if out is not None else sys.stdout
     if keep is not None:
-        keep.mkdir(parents=True, exist_ok=True)
+        await anyio.Path(keep).mkdir(parents=True, exist_ok=True)
         return await _run_in(keep, stream)
     with tempfile.TemporaryDirectory(prefix="sklm-watcher-demo-") as tmp:
         return await _run_in(Path(tmp), stream)

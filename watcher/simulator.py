@@ -308,7 +308,7 @@ def scenario_path(name: str) -> Path:
     """
     filename = name if name.endswith(".toml") else f"{name}.toml"
     here = Path(__file__).resolve().parent
-    for directory in (here / "scenarios", here.parent / "scenarios"):
+    for directory in (here / "scenarios",):
         if (directory / filename).is_file():
             return directory / filename
     raise FileNotFoundError(f"no shipped scenario named {name!r}")

@@ -93,15 +93,16 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
         out = tmp_path / f"proc{n}.out"
         err = tmp_path / f"proc{n}.err"
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        popen = subprocess.Popen(  # noqa: S603 - our own entry point
-            [*EXE, *args],
-            stdout=out.open("w", encoding="utf-8"),
-            stderr=err.open("w", encoding="utf-8"),
-            stdin=subprocess.DEVNULL,
-            text=True,
-            env=full_env,
-            cwd=tmp_path,
-        )
+        with out.open("w", encoding="utf-8") as o, err.open("w", encoding="utf-8") as e:
+            popen = subprocess.Popen(  # noqa: S603 - our own entry point
+                [*EXE, *args],
+                stdout=o,
+                stderr=e,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                env=full_env,
+                cwd=tmp_path,
+            )
         proc = Proc(popen, out, err)
         procs.append(proc)
         return proc
@@ -144,7 +145,9 @@ def simulated_fleet(
             args += ["--tls", "--ca-out", str(tmp_path / "ca.pem")]
         proc = spawn(*args)
         wait_for(
-            lambda: "ready" in proc.stdout().splitlines() or proc.popen.poll() is not None,
+            lambda: (
+                "ready" in proc.stdout().splitlines() or proc.popen.poll() is not None
+            ),
             timeout=30,
             what="the simulator to print ready",
         )

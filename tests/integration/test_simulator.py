@@ -638,7 +638,7 @@ async def test_simulate_command(tmp_path) -> None:
         "-m",
         "watcher",
         "simulate",
-        str(REPO / "scenarios" / "basic.toml"),
+        str(REPO / "watcher" / "scenarios" / "basic.toml"),
         "--tls",
         "--write-config",
         str(config),

@@ -26,7 +26,7 @@ from watcher.simulator import (
     scenario_path,
 )
 
-SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
+SCENARIOS = Path(__file__).resolve().parents[2] / "watcher" / "scenarios"
 
 FULL = """
 description = "one of everything"
