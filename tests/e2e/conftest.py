@@ -94,7 +94,7 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
         err = tmp_path / f"proc{n}.err"
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         with out.open("w", encoding="utf-8") as o, err.open("w", encoding="utf-8") as e:
-            popen = subprocess.Popen(  # noqa: S603 - our own entry point
+            popen = subprocess.Popen(
                 [*EXE, *args],
                 stdout=o,
                 stderr=e,
