@@ -160,19 +160,16 @@ def test_sigkill_at_random_moments_loses_and_repeats_nothing(
         if outcomes_reached(audit_events(fleet), expected) or kills >= 6:
             break
         # Let it run a random while, then kill it without warning.
-        lines_before = len(read_jsonl(audit_path(fleet)))
-        deadline_lines = lines_before + rng.randint(1, 3)
-        try:
-            wait_for(
-                lambda: (
-                    len(read_jsonl(audit_path(fleet))) >= deadline_lines
-                    or outcomes_reached(audit_events(fleet), expected)
-                ),
-                timeout=rng.uniform(0.8, 2.5),
-                what="a few more events",
+        target = len(read_jsonl(audit_path(fleet))) + rng.randint(1, 3)
+
+        def some_progress(target: int = target) -> bool:
+            return len(read_jsonl(audit_path(fleet))) >= target or outcomes_reached(
+                audit_events(fleet), expected
             )
-        except AssertionError:
-            pass  # the random window ended first: kill now anyway
+
+        # The random window may end first: then it is killed anyway.
+        with contextlib.suppress(AssertionError):
+            wait_for(some_progress, timeout=rng.uniform(0.8, 2.5), what="progress")
         daemon.signal(signal.SIGKILL)
         daemon.wait(timeout=10)
         kills += 1
