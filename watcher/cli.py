@@ -12,15 +12,19 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import structlog
 
 from watcher import __version__, logs
 from watcher.config import Config, ServerConfig, load_config
-from watcher.errors import ConfigError, SklmError, WatcherError
+from watcher.errors import ConfigError, ConfigProblem, SklmError, WatcherError
+
+if TYPE_CHECKING:
+    from watcher.journal import Journal
 
 EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1
@@ -31,14 +35,22 @@ _DEFAULT_CONFIG: Final = Path("/etc/sklm-watcher/config.toml")
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _add_config(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+def _add_config(
+    parser: argparse.ArgumentParser, *, required: bool = True, nested: bool = False
+) -> None:
+    default: Any = None if required else _DEFAULT_CONFIG
+    if nested:
+        # A sub-subcommand's default would override the value given before it.
+        default = argparse.SUPPRESS
     parser.add_argument(
         "-c",
         "--config",
         type=Path,
         required=required,
-        default=None if required else _DEFAULT_CONFIG,
-        help="the TOML configuration file",
+        default=default,
+        help=f"the TOML configuration file (default {_DEFAULT_CONFIG})"
+        if not required
+        else "the TOML configuration file",
     )
 
 
@@ -78,6 +90,25 @@ def build_parser() -> argparse.ArgumentParser:
     simulate = sub.add_parser("simulate", help="run the built-in SKLM simulator")
     simulator.add_arguments(simulate)
     simulate.set_defaults(handler=_cmd_simulate)
+
+    outbox = sub.add_parser("outbox", help="undelivered notifications, per sink")
+    _add_config(outbox, required=False)
+    outbox.add_argument("--dead", action="store_true", help="list dead letters")
+    outbox.add_argument("--json", action="store_true", help="print JSON")
+    outbox.set_defaults(handler=_cmd_outbox)
+    outbox_sub = outbox.add_subparsers(dest="outbox_command", metavar="retry")
+    retry = outbox_sub.add_parser("retry", help="requeue dead-lettered deliveries")
+    _add_config(retry, required=False, nested=True)
+    which = retry.add_mutually_exclusive_group(required=True)
+    which.add_argument("event_id", nargs="?", help="the event id to requeue")
+    which.add_argument("--all-dead", action="store_true", help="every dead letter")
+    retry.add_argument("--sink", help="only this sink's rows")
+    retry.set_defaults(handler=_cmd_outbox_retry)
+
+    test_sink = sub.add_parser("test-sink", help="send a marked test event to a sink")
+    _add_config(test_sink)
+    test_sink.add_argument("sink", help="the sink's name in the configuration")
+    test_sink.set_defaults(handler=_cmd_test_sink)
 
     demo = sub.add_parser("demo", help="simulator + watcher: see it work")
     demo.add_argument(
@@ -231,6 +262,150 @@ def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
                 str(c).ljust(w) for c, w in zip(line, widths, strict=True)
             ).rstrip()
         )
+
+
+def _open_journal(config: Config, *, write: bool = False) -> Journal:
+    from watcher.journal import Journal
+
+    if write:
+        # No lock: the daemon may be running; it keeps the audit log to itself.
+        return Journal.open(
+            config.watcher.state_dir, config.watcher.audit_log, config.sinks, lock=False
+        )
+    return Journal.open(
+        config.watcher.state_dir,
+        config.watcher.audit_log,
+        config.sinks,
+        read_only=True,
+    )
+
+
+def _cmd_outbox(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    now = datetime.now(UTC)
+    with _open_journal(config) as journal:
+        summary = journal.outbox_summary(now)
+        dead = journal.dead_rows() if args.dead else []
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "sinks": [
+                        {
+                            "sink": s.sink,
+                            "pending": s.pending,
+                            "dead": s.dead,
+                            "oldest_pending_age": s.oldest_pending_age,
+                        }
+                        for s in summary
+                    ],
+                    "dead": [
+                        {
+                            "sink": r.sink,
+                            "event_id": r.event.id,
+                            "type": str(r.event.type),
+                            "server": r.event.server,
+                            "attempts": r.attempts,
+                            "last_error": r.last_error,
+                            "dead_at": None
+                            if r.dead_at is None
+                            else r.dead_at.isoformat(),
+                        }
+                        for r in dead
+                    ],
+                },
+                indent=2,
+            )
+        )
+        return EXIT_OK
+    _print_table(
+        ("SINK", "PENDING", "DEAD", "OLDEST PENDING"),
+        [
+            (
+                s.sink,
+                str(s.pending),
+                str(s.dead),
+                "-"
+                if s.oldest_pending_age is None
+                else f"{s.oldest_pending_age:.0f} s",
+            )
+            for s in summary
+        ],
+    )
+    if args.dead:
+        print()
+        _print_table(
+            ("SINK", "EVENT ID", "TYPE", "SERVER", "ATTEMPTS", "LAST ERROR"),
+            [
+                (
+                    r.sink,
+                    r.event.id,
+                    str(r.event.type),
+                    r.event.server,
+                    str(r.attempts),
+                    r.last_error or "",
+                )
+                for r in dead
+            ],
+        )
+    return EXIT_OK
+
+
+def _cmd_outbox_retry(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    with _open_journal(config, write=True) as journal:
+        count = journal.requeue(
+            sink=args.sink, event_id=args.event_id, all_dead=args.all_dead
+        )
+    print(
+        f"requeued {count} dead deliveries; a running daemon sends them within a minute"
+    )
+    return EXIT_OK if count else EXIT_FAILURE
+
+
+def _cmd_test_sink(args: argparse.Namespace) -> int:
+    from watcher.client import create_session
+    from watcher.errors import DeliveryError
+    from watcher.events import Event, EventType
+    from watcher.sinks import build_sink
+
+    config = load_config(args.config)
+    by_name = {s.name: s for s in config.sinks}
+    if args.sink not in by_name:
+        known = ", ".join(by_name) or "none"
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    "sinks", f"no sink named {args.sink!r}; configured: {known}"
+                )
+            ],
+            source=str(args.config),
+        )
+    sink_config = by_name[args.sink]
+    now = datetime.now(UTC)
+    event = Event.create(
+        EventType.TEST,
+        "sklm-watcher-test",
+        now,
+        {"message": "test event from `sklm-watcher test-sink`; ignore it"},
+        key=(now.isoformat(),),
+    )
+
+    async def send() -> str | None:
+        async with create_session(()) as session:
+            sink = build_sink(sink_config, session)
+            try:
+                await sink.deliver(event)
+            except DeliveryError as exc:
+                return str(exc)
+        return None
+
+    error = anyio.run(send)
+    if error is not None:
+        print(f"{args.sink}: FAILED: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"{args.sink}: delivered test event {event.id}")
+    return EXIT_OK
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:

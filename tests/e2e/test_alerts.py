@@ -1,0 +1,153 @@
+"""Alerts survive a dead endpoint and a daemon restart, signed and in order."""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from watcher.events import EventType
+
+from .conftest import read_jsonl, wait_for
+
+pytestmark = pytest.mark.e2e
+
+SECRET = "whsec_" + base64.b64encode(b"e2e-signing-key-0123456789abcdef").decode()
+
+
+@dataclass
+class Receiver:
+    """A webhook endpoint on 127.0.0.1 that records every POST; can be down."""
+
+    port: int
+    posts: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    server: ThreadingHTTPServer | None = None
+    thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """Where the sink posts."""
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def up(self) -> None:
+        """Start answering 200 on the port."""
+        posts = self.posts
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length)
+                posts.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def down(self) -> None:
+        """Stop listening (connections are refused)."""
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A receiver on a free loopback port, initially down."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    recv = Receiver(port)
+    yield recv
+    recv.down()
+
+
+def add_webhook_sink(config: Path, url: str) -> None:
+    """Append a signed webhook sink to a config written by the simulator."""
+    with config.open("a", encoding="utf-8") as f:
+        f.write(
+            "\n[[sinks]]\n"
+            'name = "ops"\n'
+            'type = "webhook"\n'
+            f'url = "{url}"\n'
+            'secret_env = "E2E_WEBHOOK_SECRET"\n'
+            "max_age = 600.0\n"
+        )
+
+
+def test_restore_completed_while_endpoint_down_is_delivered_after_restart(
+    spawn, simulated_fleet, receiver: Receiver
+) -> None:
+    """Endpoint down + daemon restart: everything arrives later, signed, outbox empty."""
+    fleet = simulated_fleet("basic.toml")
+    add_webhook_sink(fleet.config, receiver.url)
+    env = {"E2E_WEBHOOK_SECRET": SECRET}
+    audit = fleet.config.parent / "state" / "events.jsonl"
+
+    def audit_types() -> list[str]:
+        return [e["type"] for e in read_jsonl(audit)]
+
+    daemon = spawn("run", "-c", str(fleet.config), env=env)
+    wait_for(
+        lambda: str(EventType.RESTORE_COMPLETED) in audit_types(),
+        timeout=40,
+        what="the completed event, journaled while the endpoint is down",
+    )
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(timeout=20) == 0, daemon.stderr()
+    assert receiver.posts == []
+
+    pending = spawn("outbox", "-c", str(fleet.config), "--json", env=env)
+    assert pending.wait() == 0, pending.stderr()
+    (ops,) = json.loads(pending.stdout())["sinks"]
+    assert ops["sink"] == "ops"
+    assert ops["pending"] >= 9  # started, 7 phases, completed
+
+    receiver.up()
+    daemon = spawn("run", "-c", str(fleet.config), env=env)
+    wait_for(
+        lambda: (
+            str(EventType.SERVER_RESTARTED) in audit_types()
+            and len({json.loads(b)["id"] for _, b in receiver.posts})
+            == len(audit_types())
+        ),
+        timeout=40,
+        what="every journaled event at the receiver",
+    )
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(timeout=20) == 0, daemon.stderr()
+
+    journaled = [e["id"] for e in read_jsonl(audit)]
+    delivered: list[str] = []
+    verifier = Webhook(SECRET)
+    for headers, body in receiver.posts:
+        payload = verifier.verify(body, headers)  # raises on a bad signature
+        assert headers["webhook-id"] == payload["id"]
+        assert "prevhash" not in payload
+        if payload["id"] not in delivered:
+            delivered.append(payload["id"])
+    # Every event, once per id, in the order it happened (one server).
+    assert delivered == journaled
+
+    empty = spawn("outbox", "-c", str(fleet.config), "--json", env=env)
+    assert empty.wait() == 0
+    (ops,) = json.loads(empty.stdout())["sinks"]
+    assert (ops["pending"], ops["dead"]) == (0, 0)
+    assert SECRET not in daemon.stderr()
+    assert receiver.url not in daemon.stderr()
