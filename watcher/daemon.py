@@ -9,8 +9,9 @@ changed without losing tracker state or outbox rows.
 from __future__ import annotations
 
 import signal
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import anyio
@@ -37,6 +38,13 @@ RELOAD_PROBLEM = "reload.problem"
 RELOAD_REJECTED = "reload.rejected"
 RELOAD_APPLIED = "reload.applied"
 CONFIG_WARNING = "config.warning"
+JOURNAL_FAILING = "journal.failing"
+JOURNAL_RECOVERED = "journal.recovered"
+
+#: Events kept in memory while the journal cannot be written.
+MAX_PENDING_EVENTS = 10_000
+#: Seconds between two attempts to write queued records while the journal fails.
+JOURNAL_RETRY_INTERVAL = 2.0
 
 #: Seconds between two refreshes of systemd's STATUS line.
 STATUS_INTERVAL = 10.0
@@ -44,34 +52,95 @@ STATUS_INTERVAL = 10.0
 LOGOUT_GRACE = 3.0
 
 
-@dataclass(slots=True)
 class JournalRecorder:
     """The scheduler's ``Recorder``: journal first, then wake the dispatcher.
 
     An event reaches a sink only through the outbox, so nothing is sent before it is
-    journaled. A failed write raises :class:`JournalError`; the scheduler keeps the
-    old state and derives the same events (same ids) on the next poll.
+    journaled. When the journal cannot be written (disk full, read-only state
+    directory), records wait in a bounded in-memory queue, in order, and are written
+    as soon as the journal works again (:meth:`flush`, called on every record and by
+    the daemon every few seconds). Only when that queue is full does :meth:`record`
+    raise, and the scheduler then keeps its old state and derives the same events on
+    a later poll.
+
+    Args:
+        journal: The journal (anything with ``call`` and ``record``).
+        wake: Called after new events were journaled.
+        max_pending_events: Bound of the in-memory queue, in events.
     """
 
-    journal: Journal
-    wake: Callable[[], None]
-    recorded: int = 0
-    failures: int = 0
+    def __init__(
+        self,
+        journal: Journal,
+        wake: Callable[[], None],
+        *,
+        max_pending_events: int = MAX_PENDING_EVENTS,
+    ) -> None:
+        self.journal = journal
+        self.wake = wake
+        self.max_pending_events = max_pending_events
+        self.recorded = 0
+        #: The error that keeps the queue from draining; None while all is written.
+        self.failure: JournalError | None = None
+        self._pending: deque[tuple[str, dict[str, Any], tuple[Event, ...]]] = deque()
+        self._pending_events = 0
+        self._lock = anyio.Lock()
+
+    @property
+    def pending_events(self) -> int:
+        """Events waiting in memory for the journal."""
+        return self._pending_events
 
     async def record(
         self, server: str, state: ServerState, events: Sequence[Event]
     ) -> None:
-        """Write the state and events durably, then let the dispatcher deliver them."""
-        try:
-            new = await self.journal.call(
-                self.journal.record, server, state.to_dict(), events
-            )
-        except JournalError:
-            self.failures += 1
-            raise
-        self.recorded += len(new)
-        if new:
-            self.wake()
+        """Journal the state and events (or queue them while the journal fails).
+
+        Raises:
+            JournalError: The journal fails and the in-memory queue is full.
+        """
+        batch = tuple(events)
+        if self._pending_events + len(batch) > self.max_pending_events:
+            await self.flush()
+            if self._pending_events + len(batch) > self.max_pending_events:
+                raise JournalError(
+                    f"{self._pending_events} events wait in memory for the journal; "
+                    "not accepting more",
+                    hint=self.failure.hint if self.failure else "",
+                )
+        self._pending.append((server, state.to_dict(), batch))
+        self._pending_events += len(batch)
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Write queued records, oldest first, until the queue is empty or one fails."""
+        async with self._lock:
+            wrote_events = False
+            while self._pending:
+                server, state, events = self._pending[0]
+                try:
+                    new = await self.journal.call(
+                        self.journal.record, server, state, events
+                    )
+                except JournalError as exc:
+                    if self.failure is None:
+                        log.error(
+                            JOURNAL_FAILING,
+                            detail=str(exc),
+                            pending_events=self._pending_events,
+                        )
+                    self.failure = exc
+                    break
+                self._pending.popleft()
+                self._pending_events -= len(events)
+                self.recorded += len(new)
+                wrote_events = wrote_events or bool(new)
+            else:
+                if self.failure is not None:
+                    log.info(JOURNAL_RECOVERED)
+                    self.failure = None
+            if wrote_events:
+                self.wake()
 
 
 class Daemon:
@@ -105,6 +174,7 @@ class Daemon:
         self._handle_signals = handle_signals
         self.fleet: Fleet | None = None
         self.journal: Journal | None = None
+        self.recorder: JournalRecorder | None = None
         self._dispatcher: Dispatcher | None = None
         self._session: aiohttp.ClientSession | None = None
         self._clients: dict[str, SklmClient] = {}
@@ -164,6 +234,7 @@ class Daemon:
             self._session = session
             self._clients = {s.name: SklmClient(s, session) for s in config.servers}
             recorder = JournalRecorder(journal, self._wake)
+            self.recorder = recorder
             fleet = Fleet(
                 config.servers,
                 self._clients,
@@ -181,6 +252,7 @@ class Daemon:
                     if self._handle_signals:
                         tg.start_soon(self._watch_signals)
                     tg.start_soon(self._keep_systemd_informed)
+                    tg.start_soon(self._retry_journal, recorder)
                     log.info(
                         DAEMON_STARTED,
                         servers=len(config.servers),
@@ -222,6 +294,12 @@ class Daemon:
             await dispatcher.run()
             if self._stop is not None and self._stop.is_set():
                 return
+
+    async def _retry_journal(self, recorder: JournalRecorder) -> None:
+        while True:
+            await anyio.sleep(JOURNAL_RETRY_INTERVAL)
+            if recorder.pending_events or recorder.failure is not None:
+                await recorder.flush()
 
     def _wake(self) -> None:
         if self._dispatcher is not None:
@@ -338,6 +416,12 @@ class Daemon:
             f"watching {len(self.config.servers)} servers, "
             f"{running} restores running, {failing} unreachable"
         )
+        recorder = self.recorder
+        if recorder is not None and recorder.failure is not None:
+            return (
+                f"{line}; JOURNAL FAILING ({recorder.pending_events} events in "
+                f"memory): {recorder.failure.detail}"
+            )
         journal = self.journal
         if journal is not None:
             try:

@@ -29,8 +29,26 @@ Crash windows:
       is the receiver's idempotency key).
 
 Times are stored as integer microseconds since the Unix epoch (UTC): exact round trips,
-cheap comparisons. Events are also stored as their CloudEvents JSON, byte for byte the
-audit log's line.
+cheap comparisons. Events are also stored as their CloudEvents JSON (what sinks get).
+
+The audit log is a hash chain (tamper evidence):
+    Each line is the event's CloudEvents JSON with two extension attributes added at
+    the end: ``auditseq`` (the event's position in the journal) and ``prevhash``, the
+    SHA-256 (hex) of the previous line's bytes without its newline. The first line
+    ever written chains from :data:`GENESIS_HASH` (64 zeros). The journal remembers
+    the last line's seq and hash in ``meta`` (``audit_last_seq`` /
+    ``audit_last_hash``), so when logrotate moves the file away the first line of the
+    new file chains from the last line of the old one, whether the move happened
+    while the daemon ran (noticed before each append by comparing the open
+    descriptor's inode with the path's, or by :meth:`Journal.reopen_audit_log` on
+    SIGHUP) or while it was stopped. :func:`watcher.views.verify_audit` checks a
+    chain across rotated files.
+
+Silences:
+    ``add_silence(server_glob, until, ...)`` stops delivery, not journaling: an event
+    of a matching server recorded while a silence is active (``event.time < until``)
+    gets its outbox rows written as ``suppressed``: visible, never due, never
+    blocking. A silence ends by itself at ``until``.
 
 Only this module imports :mod:`sqlite3`; ``sqlite3.Error`` and ``OSError`` become
 :class:`~watcher.errors.JournalError` here and nowhere else.
@@ -41,6 +59,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import functools
+import hashlib
 import json
 import os
 import sqlite3
@@ -61,7 +80,7 @@ import structlog
 
 from watcher.config import SinkConfig
 from watcher.errors import JournalError
-from watcher.events import Event
+from watcher.events import Event, format_time
 
 log = structlog.get_logger(__name__)
 
@@ -69,7 +88,7 @@ T = TypeVar("T")
 
 #: The schema this code writes. A database at an older version is migrated on open
 #: by ``_MIGRATIONS``; a newer one is refused (a downgrade must not corrupt it).
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 DB_NAME: Final = "state.sqlite3"
 LOCK_NAME: Final = "lock"
 #: How long a writer waits for another connection's write lock (CLI vs daemon).
@@ -85,6 +104,15 @@ AUDIT_REBUILT: Final = "journal.audit_rebuilt"
 AUDIT_CAUGHT_UP: Final = "journal.audit_caught_up"
 AUDIT_UNKNOWN_TAIL: Final = "journal.audit_unknown_tail"
 SCHEMA_MIGRATED: Final = "journal.schema_migrated"
+AUDIT_REOPENED: Final = "journal.audit_reopened"
+AUDIT_CONTINUED: Final = "journal.audit_continued"
+AUDIT_POSITION_UNSAVED: Final = "journal.audit_position_unsaved"
+
+#: What the first line of a brand-new audit log chains from.
+GENESIS_HASH: Final = "0" * 64
+#: The CloudEvents extension attributes of an audit line (lowercase alphanumeric).
+PREVHASH_KEY: Final = "prevhash"
+AUDITSEQ_KEY: Final = "auditseq"
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND: Final = timedelta(microseconds=1)
@@ -124,6 +152,43 @@ class OutboxRow:
 
 
 @dataclass(frozen=True, slots=True)
+class Silence:
+    """Delivery of events of servers matching ``server_glob`` is off until ``until``."""
+
+    id: int
+    server_glob: str
+    until: datetime
+    reason: str
+    created_at: datetime
+
+    def is_active(self, at: datetime) -> bool:
+        """Whether the silence holds at ``at`` (it ends by itself at ``until``)."""
+        return at < self.until
+
+    def matches(self, server: str) -> bool:
+        """Whether the silence covers ``server`` (shell-style glob, case-sensitive)."""
+        return fnmatchcase(server, self.server_glob)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form (``silence list --json``)."""
+        return {
+            "id": self.id,
+            "server_glob": self.server_glob,
+            "until": format_time(self.until),
+            "reason": self.reason,
+            "created_at": format_time(self.created_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AuditPosition:
+    """The last line written to the audit log: its event's seq and its SHA-256."""
+
+    seq: int
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxSummary:
     """One configured sink's backlog: what ``status`` and metrics show."""
 
@@ -135,6 +200,14 @@ class OutboxSummary:
 
 
 # --- schema -------------------------------------------------------------------------
+
+_SILENCES_TABLE: Final = """CREATE TABLE silences (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        server_glob TEXT NOT NULL,
+        until INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    )"""
 
 _SCHEMA: Final = (
     """CREATE TABLE meta (
@@ -176,12 +249,17 @@ _SCHEMA: Final = (
     # Per-server heads for next_due / next_due_at: small, only what is still pending.
     "CREATE INDEX outbox_pending ON outbox (sink, server, seq) WHERE status = 'pending'",
     "CREATE INDEX outbox_status ON outbox (sink, status)",
+    _SILENCES_TABLE,
 )
+
+
+def _add_silences(conn: sqlite3.Connection) -> None:
+    conn.execute(_SILENCES_TABLE)
 
 
 #: ``version -> step`` upgrading a database from ``version`` to ``version + 1``; each
 #: step runs inside the transaction that also bumps ``meta.schema_version``.
-_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {}
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _add_silences}
 
 
 # --- SQL (constant strings: sqlite3 caches their prepared statements) ----------------
@@ -197,9 +275,18 @@ _UPSERT_STATE: Final = """
     ON CONFLICT (server) DO UPDATE SET json = excluded.json, updated_at = excluded.updated_at
 """
 _INSERT_OUTBOX: Final = """
-    INSERT INTO outbox (sink, event_id, server, seq, status, attempts, next_attempt_at)
-    VALUES (?, ?, ?, ?, 'pending', 0, ?)
+    INSERT INTO outbox (sink, event_id, server, seq, status, attempts, next_attempt_at,
+        last_error)
+    VALUES (?, ?, ?, ?, ?, 0, ?, ?)
     ON CONFLICT DO NOTHING
+"""
+_ACTIVE_SILENCES: Final = """
+    SELECT id, server_glob, until, reason, created_at FROM silences
+    WHERE until > ? ORDER BY id
+"""
+_SAVE_META: Final = """
+    INSERT INTO meta (key, value) VALUES (?, ?)
+    ON CONFLICT (key) DO UPDATE SET value = excluded.value
 """
 # The head of each server's queue is its oldest pending row. Later rows of the same
 # server wait behind it even when due, so one server's events arrive in order.
@@ -304,6 +391,10 @@ class Journal:
         self._owns_audit = owns_audit
         self._lock_fd = lock_fd
         self._audit_fd: int | None = None
+        #: The last line in the audit log (None until the log is opened).
+        self._audit_position: AuditPosition | None = None
+        #: The audit file's size after our last write (a smaller one was truncated).
+        self._audit_size = 0
         self._lock = threading.RLock()
         self._limiter = anyio.CapacityLimiter(1)
         self._closed = False
@@ -476,18 +567,23 @@ class Journal:
         with self._lock:
             new = self._store(server, state_json, events)
             if new:
+                if self._audit_fd is not None and self._audit_replaced():
+                    log.info(AUDIT_REOPENED, path=str(self.audit_log))
+                    self._drop_audit_fd()
                 if self._audit_fd is None:
-                    # A previous append failed: this catch-up includes the new events.
+                    # A previous append failed or the file was rotated: this
+                    # catch-up includes the new events.
                     self._catch_up_audit()
                 else:
-                    self._append_audit("".join(line + "\n" for _, line in new))
-        return [event for event, _ in new]
+                    self._append_new(new)
+        return [event for event, _, _ in new]
 
     def _store(
         self, server: str, state_json: str, events: Sequence[Event]
-    ) -> list[tuple[Event, str]]:
-        new: list[tuple[Event, str]] = []
+    ) -> list[tuple[Event, int, str]]:
+        new: list[tuple[Event, int, str]] = []
         with self._writing(f"recording events of {server}") as conn:
+            silences: list[Silence] | None = None
             for event in events:
                 line = event.to_json()
                 restore_id = event.data.get("restore_id")
@@ -504,19 +600,41 @@ class Journal:
                 ).fetchone()
                 if row is None:
                     continue
-                new.append((event, line))
-                for sink in self._sinks:
-                    if sink.wants(str(event.type), event.server):
-                        conn.execute(
-                            _INSERT_OUTBOX,
-                            (
-                                sink.name,
-                                event.id,
-                                event.server,
-                                row[0],
-                                _us(event.time),
-                            ),
-                        )
+                new.append((event, row[0], line))
+                wanted = [
+                    sink.name
+                    for sink in self._sinks
+                    if sink.wants(str(event.type), event.server)
+                ]
+                if not wanted:
+                    continue
+                if silences is None:
+                    silences = _active_silences(conn, min(e.time for e in events))
+                silence = next(
+                    (
+                        x
+                        for x in silences
+                        if x.is_active(event.time) and x.matches(event.server)
+                    ),
+                    None,
+                )
+                status, note = OutboxStatus.PENDING, None
+                if silence is not None:
+                    status = OutboxStatus.SUPPRESSED
+                    note = f"silenced (silence {silence.id}: {silence.reason})"
+                for sink_name in wanted:
+                    conn.execute(
+                        _INSERT_OUTBOX,
+                        (
+                            sink_name,
+                            event.id,
+                            event.server,
+                            row[0],
+                            status.value,
+                            _us(event.time),
+                            note,
+                        ),
+                    )
             conn.execute(_UPSERT_STATE, (server, state_json, _us(_now())))
         return new
 
@@ -528,6 +646,55 @@ class Journal:
         """
         with self._lock:
             self._sinks = tuple(sinks)
+
+    # --- silences ---------------------------------------------------------------------
+
+    def add_silence(
+        self, server_glob: str, until: datetime, reason: str, at: datetime
+    ) -> int:
+        """Stop delivering events of servers matching ``server_glob`` until ``until``.
+
+        Events are still journaled and logged; their outbox rows are written as
+        ``suppressed``. Works on a journal opened with ``lock=False`` (the CLI,
+        while the daemon runs).
+
+        Args:
+            server_glob: Shell-style glob on server names (``*`` for every server).
+            until: When the silence ends by itself (aware).
+            reason: Shown by ``silence list`` and kept on each suppressed row.
+            at: Now (``created_at``).
+
+        Returns:
+            The silence's id (for :meth:`remove_silence`).
+        """
+        params = (server_glob, _us(until), reason, _us(at))
+        with self._writing("adding a silence") as conn:
+            row = conn.execute(
+                "INSERT INTO silences (server_glob, until, reason, created_at) "
+                "VALUES (?, ?, ?, ?) RETURNING id",
+                params,
+            ).fetchone()
+        return int(row[0])
+
+    def silences(
+        self, now: datetime, *, include_expired: bool = False
+    ) -> list[Silence]:
+        """The silences active at ``now`` (all of them with ``include_expired``), by id."""
+        with self._reading("reading silences") as conn:
+            if include_expired:
+                rows = conn.execute(
+                    "SELECT id, server_glob, until, reason, created_at FROM silences "
+                    "ORDER BY id"
+                ).fetchall()
+            else:
+                rows = conn.execute(_ACTIVE_SILENCES, (_us(now),)).fetchall()
+        return [_silence(row) for row in rows]
+
+    def remove_silence(self, silence_id: int) -> bool:
+        """End a silence now (delete it); returns whether it existed."""
+        with self._writing("removing a silence") as conn:
+            cursor = conn.execute("DELETE FROM silences WHERE id = ?", (silence_id,))
+            return cursor.rowcount > 0
 
     # --- outbox -----------------------------------------------------------------------
 
@@ -704,28 +871,107 @@ class Journal:
 
     # --- audit log --------------------------------------------------------------------
 
-    def _append_audit(self, text: str) -> None:
+    def audit_position(self) -> AuditPosition | None:
+        """The last line of the audit log as the journal remembers it (``meta``).
+
+        ``verify_audit(..., expect_last_hash=position.hash)`` uses it to notice a
+        changed or removed last line, which the chain alone cannot show. None
+        before the first open that wrote the log.
+        """
+        with self._lock:
+            if self._audit_position is not None:
+                return self._audit_position
+        with self._reading("reading the audit log position") as conn:
+            return _stored_position(conn)
+
+    def reopen_audit_log(self) -> None:
+        """Reopen the audit log by its path (SIGHUP after logrotate moved it).
+
+        The new file continues the chain from the last line written; events stored
+        but not yet appended are appended. A no-op for a journal that does not own
+        the audit log (read-only or unlocked).
+        """
+        with self._lock:
+            self._check_open()
+            if not self._owns_audit:
+                return
+            self._drop_audit_fd()
+            self._catch_up_audit()
+
+    def _drop_audit_fd(self) -> None:
+        fd = self._audit_fd
+        self._audit_fd = None
+        if fd is not None:
+            with suppress(OSError):
+                os.close(fd)
+
+    def _audit_replaced(self) -> bool:
+        """Whether the path no longer names our open file, or the file was truncated."""
+        fd = self._audit_fd
+        if fd is None:
+            return True
+        try:
+            on_disk = os.stat(self.audit_log)
+            ours = os.fstat(fd)
+        except OSError:
+            return True
+        moved = (on_disk.st_dev, on_disk.st_ino) != (ours.st_dev, ours.st_ino)
+        return moved or ours.st_size < self._audit_size
+
+    def _append_new(self, new: Sequence[tuple[Event, int, str]]) -> None:
+        position = self._audit_position
+        if position is None:
+            raise JournalError(
+                "the audit log position is unknown", hint="this is a bug: report it"
+            )
+        lines: list[str] = []
+        previous = position.hash
+        for _, seq, text in new:
+            line = chain_line(text, seq, previous)
+            previous = line_hash(line.encode("utf-8"))
+            lines.append(line + "\n")
+        data = "".join(lines).encode("utf-8")
+        self._append_audit(data)
+        self._audit_size += len(data)
+        self._set_position(AuditPosition(new[-1][1], previous))
+
+    def _set_position(self, position: AuditPosition) -> None:
+        """Remember the last line in memory and in ``meta`` (rotation while stopped)."""
+        self._audit_position = position
+        try:
+            with self._writing("saving the audit log position") as conn:
+                _save_position(conn, position)
+        except JournalError as exc:
+            # The line is written and memory is right; the next append saves again.
+            log.warning(AUDIT_POSITION_UNSAVED, error=str(exc))
+
+    def _append_audit(self, data: bytes) -> None:
         fd = self._audit_fd
         if fd is None:
             raise JournalError(
                 "the audit log is not open", hint="this is a bug: report it"
             )
         try:
-            _write_all(fd, text.encode("utf-8"))
+            _write_all(fd, data)
             os.fsync(fd)
         except OSError as exc:
             # Drop the descriptor: the next record (or open) repairs the tail and
             # appends whatever SQLite holds beyond it.
-            with suppress(OSError):
-                os.close(fd)
-            self._audit_fd = None
+            self._drop_audit_fd()
             raise JournalError(
                 f"appending to the audit log {self.audit_log} failed ({exc}); the "
                 "events are stored and the log will catch up"
             ) from exc
 
     def _catch_up_audit(self) -> None:
-        """Open the audit log, repair its tail and append what SQLite holds beyond it."""
+        """Open the audit log, repair its tail and append what SQLite holds beyond it.
+
+        A non-empty file is authoritative: the chain continues from its last line.
+        An empty or missing one continues from the remembered position (logrotate
+        moved the old file away), or from :data:`GENESIS_HASH` when the journal has
+        never written a log (a new database, or one from before the chain), in which
+        case the whole history is written.
+        """
         path = self.audit_log
         with _translating(f"opening the audit log {path}"):
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -737,40 +983,59 @@ class Journal:
             with _translating(f"reconciling the audit log {path}"):
                 if created:
                     _fsync_dir(path.parent)
-                last_id = _repair_tail(fd, path)
-                written = self._write_missing(fd, last_id)
-                if written:
+                start = self._tail_position(_repair_tail(fd, path))
+                position = self._write_missing(fd, start)
+                if position != start.position:
                     os.fsync(fd)
+                size = os.fstat(fd).st_size
         except BaseException:
             os.close(fd)
             raise
         self._audit_fd = fd
+        self._audit_size = size
+        self._set_position(position)
 
-    def _write_missing(self, fd: int, last_id: str | None) -> int:
-        """Append every stored event after ``last_id``; return how many."""
+    def _tail_position(self, tail: bytes | None) -> _Start:
+        """Where the chain continues, given the file's last line (None: empty file)."""
         conn = self._conn
-        if last_id is None:
-            after = 0
-        else:
-            row = conn.execute(
-                "SELECT seq FROM events WHERE id = ?", (last_id,)
-            ).fetchone()
-            if row is None:
-                # The log is ahead of (or foreign to) this database, e.g. the database
-                # was deleted or restored from a backup: never guess, never duplicate.
-                log.warning(
-                    AUDIT_UNKNOWN_TAIL, path=str(self.audit_log), last_id=last_id
+        if tail is None:
+            known = self._audit_position or _stored_position(conn)
+            if known is None:
+                return _Start(AuditPosition(0, GENESIS_HASH), rebuild=True)
+            if known.seq > 0:
+                log.info(
+                    AUDIT_CONTINUED,
+                    path=str(self.audit_log),
+                    after_seq=known.seq,
+                    prevhash=known.hash,
                 )
-                return 0
-            after = row[0]
+            return _Start(known, rebuild=False)
+        digest = line_hash(tail)
+        last_id = _line_id(tail)
+        row = conn.execute("SELECT seq FROM events WHERE id = ?", (last_id,)).fetchone()
+        if row is None:
+            # The log is ahead of (or foreign to) this database, e.g. the database
+            # was deleted or restored from a backup: never guess, never duplicate.
+            log.warning(AUDIT_UNKNOWN_TAIL, path=str(self.audit_log), last_id=last_id)
+            (top,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
+            return _Start(AuditPosition(top, digest), rebuild=False)
+        return _Start(AuditPosition(row[0], digest), rebuild=False)
+
+    def _write_missing(self, fd: int, start: _Start) -> AuditPosition:
+        """Append every stored event after ``start``; return the new last line."""
+        conn = self._conn
+        seq, previous = start.position.seq, start.position.hash
         written = 0
         batch: list[str] = []
         size = 0
-        for (text,) in conn.execute(
-            "SELECT json FROM events WHERE seq > ? ORDER BY seq", (after,)
+        for seq, text in conn.execute(
+            "SELECT seq, json FROM events WHERE seq > ? ORDER BY seq",
+            (start.position.seq,),
         ):
-            batch.append(text + "\n")
-            size += len(text) + 1
+            line = chain_line(text, seq, previous)
+            previous = line_hash(line.encode("utf-8"))
+            batch.append(line + "\n")
+            size += len(line) + 1
             written += 1
             if size >= _CATCH_UP_BATCH:
                 _write_all(fd, "".join(batch).encode("utf-8"))
@@ -778,9 +1043,37 @@ class Journal:
         if batch:
             _write_all(fd, "".join(batch).encode("utf-8"))
         if written:
-            name = AUDIT_REBUILT if last_id is None else AUDIT_CAUGHT_UP
+            name = AUDIT_REBUILT if start.rebuild else AUDIT_CAUGHT_UP
             log.warning(name, path=str(self.audit_log), events=written)
-        return written
+        return AuditPosition(seq, previous) if written else start.position
+
+
+@dataclass(frozen=True, slots=True)
+class _Start:
+    """Where appending to an audit log continues from."""
+
+    position: AuditPosition
+    #: The file is empty and the journal never wrote a log: the whole history goes in.
+    rebuild: bool
+
+
+# --- the audit chain ----------------------------------------------------------------
+
+
+def line_hash(line: bytes) -> str:
+    """The SHA-256 (hex) of one audit line's bytes, without its newline."""
+    return hashlib.sha256(line).hexdigest()
+
+
+def chain_line(event_json: str, seq: int, prevhash: str) -> str:
+    """The audit line of an event: its JSON plus ``auditseq`` and ``prevhash``.
+
+    Spliced rather than re-serialised so the line is the stored JSON byte for byte,
+    with the two extension attributes after ``data``.
+    """
+    if not event_json.endswith("}"):
+        raise ValueError("an event's JSON must be an object")
+    return f'{event_json[:-1]},"{AUDITSEQ_KEY}":{seq},"{PREVHASH_KEY}":"{prevhash}"}}'
 
 
 # --- helpers ------------------------------------------------------------------------
@@ -819,6 +1112,39 @@ def _decode_event(seq: int, time: int, text: str) -> Event:
         raise JournalError(f"stored event #{seq} is unreadable") from exc
     # The JSON carries milliseconds; the column keeps the exact instant.
     return dataclasses.replace(event, time=_at(time))
+
+
+def _silence(row: Sequence[Any]) -> Silence:
+    silence_id, glob, until, reason, created = row
+    return Silence(
+        id=silence_id,
+        server_glob=glob,
+        until=_at(until),
+        reason=reason,
+        created_at=_at(created),
+    )
+
+
+def _active_silences(conn: sqlite3.Connection, at: datetime) -> list[Silence]:
+    return [_silence(row) for row in conn.execute(_ACTIVE_SILENCES, (_us(at),))]
+
+
+def _stored_position(conn: sqlite3.Connection) -> AuditPosition | None:
+    rows = dict(
+        conn.execute(
+            "SELECT key, value FROM meta "
+            "WHERE key IN ('audit_last_seq', 'audit_last_hash')"
+        ).fetchall()
+    )
+    seq, digest = rows.get("audit_last_seq"), rows.get("audit_last_hash")
+    if seq is None or digest is None:
+        return None
+    return AuditPosition(int(seq), digest)
+
+
+def _save_position(conn: sqlite3.Connection, position: AuditPosition) -> None:
+    conn.execute(_SAVE_META, ("audit_last_seq", str(position.seq)))
+    conn.execute(_SAVE_META, ("audit_last_hash", position.hash))
 
 
 def _outbox_row(row: Sequence[Any]) -> OutboxRow:
@@ -1053,8 +1379,8 @@ def _line_id(line: bytes) -> str | None:
     return event_id if isinstance(event_id, str) else None
 
 
-def _repair_tail(fd: int, path: Path) -> str | None:
-    """Drop a torn last line and return the id of the last event line (None: empty).
+def _repair_tail(fd: int, path: Path) -> bytes | None:
+    """Drop a torn last line and return the last event line's bytes (None: empty).
 
     Only the last line can be torn by a crash (the journal appends whole lines, then
     fsyncs), so at most one line is dropped; anything worse is refused rather than
@@ -1064,17 +1390,16 @@ def _repair_tail(fd: int, path: Path) -> str | None:
     if end == 0:
         return None
     start, line, terminated = _last_line(fd, end)
-    event_id = _line_id(line)
-    if event_id is not None:
+    if _line_id(line) is not None:
         if not terminated:
             # Whole JSON, only the newline is missing: keep the event, end the line.
             _write_all(fd, b"\n")
-        return event_id
-    previous_id = None
+        return line
+    previous_line = None
     if start > 0:
         previous_start, previous, _ = _last_line(fd, start)
-        previous_id = _line_id(previous)
-        if previous_id is None:
+        previous_line = previous
+        if _line_id(previous) is None:
             raise JournalError(
                 f"the audit log {path} does not end with an event "
                 f"(lines at bytes {previous_start} and {start})",
@@ -1083,4 +1408,4 @@ def _repair_tail(fd: int, path: Path) -> str | None:
             )
     log.warning(AUDIT_TORN_LINE, path=str(path), offset=start, dropped=end - start)
     os.ftruncate(fd, start)
-    return previous_id
+    return previous_line
