@@ -33,11 +33,11 @@ cheap comparisons. Events are also stored as their CloudEvents JSON (what sinks 
 
 The audit log is a hash chain (tamper evidence):
     Each line is the event's CloudEvents JSON with two extension attributes added at
-    the end: ``auditseq`` (the event's position in the journal) and ``prevhash``, the
-    SHA-256 (hex) of the previous line's bytes without its newline. The first line
-    ever written chains from :data:`GENESIS_HASH` (64 zeros). The journal remembers
-    the last line's seq and hash in ``meta`` (``audit_last_seq`` /
-    ``audit_last_hash``), so when logrotate moves the file away the first line of the
+    the end: ``auditseq`` (the line's number since the log began: 1, 2, ... across
+    rotations) and ``prevhash``, the SHA-256 (hex) of the previous line's bytes
+    without its newline. The first line ever written chains from
+    :data:`GENESIS_HASH` (64 zeros). The journal remembers the last line in ``meta``
+    (``audit_last_seq``, ``audit_last_index``, ``audit_last_hash``), so when logrotate moves the file away the first line of the
     new file chains from the last line of the old one, whether the move happened
     while the daemon ran (noticed before each append by comparing the open
     descriptor's inode with the path's, or by :meth:`Journal.reopen_audit_log` on
@@ -182,9 +182,13 @@ class Silence:
 
 @dataclass(frozen=True, slots=True)
 class AuditPosition:
-    """The last line written to the audit log: its event's seq and its SHA-256."""
+    """The last line written to the audit log."""
 
+    #: Its event's position in the journal (``events.seq``; may have gaps).
     seq: int
+    #: Its ``auditseq``: lines since the log began, across rotations (no gaps).
+    index: int
+    #: Its SHA-256 (hex), the next line's ``prevhash``.
     hash: str
 
 
@@ -925,15 +929,16 @@ class Journal:
                 "the audit log position is unknown", hint="this is a bug: report it"
             )
         lines: list[str] = []
-        previous = position.hash
-        for _, seq, text in new:
-            line = chain_line(text, seq, previous)
+        index, previous = position.index, position.hash
+        for _, _, text in new:
+            index += 1
+            line = chain_line(text, index, previous)
             previous = line_hash(line.encode("utf-8"))
             lines.append(line + "\n")
         data = "".join(lines).encode("utf-8")
         self._append_audit(data)
         self._audit_size += len(data)
-        self._set_position(AuditPosition(new[-1][1], previous))
+        self._set_position(AuditPosition(new[-1][1], index, previous))
 
     def _set_position(self, position: AuditPosition) -> None:
         """Remember the last line in memory and in ``meta`` (rotation while stopped)."""
@@ -1001,7 +1006,7 @@ class Journal:
         if tail is None:
             known = self._audit_position or _stored_position(conn)
             if known is None:
-                return _Start(AuditPosition(0, GENESIS_HASH), rebuild=True)
+                return _Start(AuditPosition(0, 0, GENESIS_HASH), rebuild=True)
             if known.seq > 0:
                 log.info(
                     AUDIT_CONTINUED,
@@ -1012,19 +1017,24 @@ class Journal:
             return _Start(known, rebuild=False)
         digest = line_hash(tail)
         last_id = _line_id(tail)
+        index = _line_index(tail)
         row = conn.execute("SELECT seq FROM events WHERE id = ?", (last_id,)).fetchone()
         if row is None:
             # The log is ahead of (or foreign to) this database, e.g. the database
             # was deleted or restored from a backup: never guess, never duplicate.
             log.warning(AUDIT_UNKNOWN_TAIL, path=str(self.audit_log), last_id=last_id)
             (top,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
-            return _Start(AuditPosition(top, digest), rebuild=False)
-        return _Start(AuditPosition(row[0], digest), rebuild=False)
+            return _Start(AuditPosition(top, index, digest), rebuild=False)
+        return _Start(AuditPosition(row[0], index, digest), rebuild=False)
 
     def _write_missing(self, fd: int, start: _Start) -> AuditPosition:
         """Append every stored event after ``start``; return the new last line."""
         conn = self._conn
-        seq, previous = start.position.seq, start.position.hash
+        last_seq, index, previous = (
+            start.position.seq,
+            start.position.index,
+            start.position.hash,
+        )
         written = 0
         batch: list[str] = []
         size = 0
@@ -1032,7 +1042,9 @@ class Journal:
             "SELECT seq, json FROM events WHERE seq > ? ORDER BY seq",
             (start.position.seq,),
         ):
-            line = chain_line(text, seq, previous)
+            last_seq = seq
+            index += 1
+            line = chain_line(text, index, previous)
             previous = line_hash(line.encode("utf-8"))
             batch.append(line + "\n")
             size += len(line) + 1
@@ -1045,7 +1057,7 @@ class Journal:
         if written:
             name = AUDIT_REBUILT if start.rebuild else AUDIT_CAUGHT_UP
             log.warning(name, path=str(self.audit_log), events=written)
-        return AuditPosition(seq, previous) if written else start.position
+        return AuditPosition(last_seq, index, previous)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1065,15 +1077,18 @@ def line_hash(line: bytes) -> str:
     return hashlib.sha256(line).hexdigest()
 
 
-def chain_line(event_json: str, seq: int, prevhash: str) -> str:
+def chain_line(event_json: str, index: int, prevhash: str) -> str:
     """The audit line of an event: its JSON plus ``auditseq`` and ``prevhash``.
+
+    ``index`` (``auditseq``) counts the log's lines from 1 across rotations; a gap
+    or step back in it tells a removed or reordered line from a changed one.
 
     Spliced rather than re-serialised so the line is the stored JSON byte for byte,
     with the two extension attributes after ``data``.
     """
     if not event_json.endswith("}"):
         raise ValueError("an event's JSON must be an object")
-    return f'{event_json[:-1]},"{AUDITSEQ_KEY}":{seq},"{PREVHASH_KEY}":"{prevhash}"}}'
+    return f'{event_json[:-1]},"{AUDITSEQ_KEY}":{index},"{PREVHASH_KEY}":"{prevhash}"}}'
 
 
 # --- helpers ------------------------------------------------------------------------
@@ -1132,18 +1147,20 @@ def _active_silences(conn: sqlite3.Connection, at: datetime) -> list[Silence]:
 def _stored_position(conn: sqlite3.Connection) -> AuditPosition | None:
     rows = dict(
         conn.execute(
-            "SELECT key, value FROM meta "
-            "WHERE key IN ('audit_last_seq', 'audit_last_hash')"
+            "SELECT key, value FROM meta WHERE key IN "
+            "('audit_last_seq', 'audit_last_index', 'audit_last_hash')"
         ).fetchall()
     )
-    seq, digest = rows.get("audit_last_seq"), rows.get("audit_last_hash")
-    if seq is None or digest is None:
+    seq, index = rows.get("audit_last_seq"), rows.get("audit_last_index")
+    digest = rows.get("audit_last_hash")
+    if seq is None or index is None or digest is None:
         return None
-    return AuditPosition(int(seq), digest)
+    return AuditPosition(int(seq), int(index), digest)
 
 
 def _save_position(conn: sqlite3.Connection, position: AuditPosition) -> None:
     conn.execute(_SAVE_META, ("audit_last_seq", str(position.seq)))
+    conn.execute(_SAVE_META, ("audit_last_index", str(position.index)))
     conn.execute(_SAVE_META, ("audit_last_hash", position.hash))
 
 
@@ -1377,6 +1394,16 @@ def _line_id(line: bytes) -> str | None:
         return None
     event_id = obj.get("id") if isinstance(obj, dict) else None
     return event_id if isinstance(event_id, str) else None
+
+
+def _line_index(line: bytes) -> int:
+    """The ``auditseq`` of one audit line; 0 for a line from before the chain."""
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return 0
+    index = obj.get(AUDITSEQ_KEY) if isinstance(obj, dict) else None
+    return index if isinstance(index, int) and not isinstance(index, bool) else 0
 
 
 def _repair_tail(fd: int, path: Path) -> bytes | None:

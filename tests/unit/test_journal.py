@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sqlite3
 import tempfile
@@ -32,6 +34,7 @@ from watcher.journal import (
 )
 
 T0 = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
+GENESIS = "0" * 64
 OPS = SinkConfig(name="ops", type="webhook")
 
 
@@ -110,9 +113,17 @@ def journal(paths: Paths) -> Iterator[Journal]:
     opened.close()
 
 
-def jsonl(events: list[Event]) -> list[str]:
-    """The audit lines these events should produce."""
-    return [e.to_json() for e in events]
+def jsonl(
+    events: list[Event], *, first_seq: int = 1, prevhash: str = GENESIS
+) -> list[str]:
+    """The audit lines these events should produce: a hash chain from ``prevhash``."""
+    lines = []
+    for n, e in enumerate(events):
+        obj = e.to_dict() | {"auditseq": first_seq + n, "prevhash": prevhash}
+        line = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+        prevhash = hashlib.sha256(line.encode("utf-8")).hexdigest()
+        lines.append(line)
+    return lines
 
 
 # --- recording ----------------------------------------------------------------------
