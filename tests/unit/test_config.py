@@ -1288,3 +1288,22 @@ def test_reference_example_documents_every_key() -> None:
         set(module._SERVER_TABLE_CHECKS) | set(module._SINK_CHECKS) | watcher_keys
     )
     assert accepted - documented == set()
+
+
+def test_service_example_loads_with_systemd_credentials(tmp_path: Path) -> None:
+    """config/service.toml loads with secrets from $CREDENTIALS_DIRECTORY."""
+    text = (REPO / "config" / "service.toml").read_text(encoding="utf-8")
+    contract_ca = "/etc/sklm-watcher/sklm-ca.pem"
+    assert text.count(f'"{contract_ca}"') == 1
+    ca_file = make_ca_file(tmp_path)
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "sklm-password").write_text("cred-password\n", encoding="utf-8")
+    (credentials / "webhook-secret").write_text(GOOD_SECRET + "\n", encoding="utf-8")
+    path = write(tmp_path, text.replace(contract_ca, str(ca_file)))
+    config = load_config(path, {"CREDENTIALS_DIRECTORY": str(credentials)})
+    assert [s.name for s in config.servers] == ["sklm-prod-1", "sklm-prod-2"]
+    assert {s.password.reveal() for s in config.servers} == {"cred-password"}
+    assert config.sinks[0].secrets == (Secret(GOOD_SECRET),)
+    assert config.watcher.listen == "127.0.0.1:9464"
+    assert config.warnings == ()

@@ -320,8 +320,10 @@ def test_reconcile_ends_a_whole_line_missing_its_newline(paths: Paths, logs) -> 
 
 @pytest.mark.parametrize("damage", ["missing", "empty"])
 def test_reconcile_rebuilds_a_lost_log(paths: Paths, damage: str, logs) -> None:
-    """A missing or empty log is rebuilt from the database with a warning."""
+    """A missing or empty log the journal never recorded writing is rebuilt from the database."""
     events = _recorded(paths)
+    # A database from before the chain (or one whose position was lost) holds none.
+    paths.execute("DELETE FROM meta WHERE key LIKE 'audit_%'")
     if damage == "missing":
         paths.audit_log.unlink()
     else:
@@ -331,6 +333,37 @@ def test_reconcile_rebuilds_a_lost_log(paths: Paths, damage: str, logs) -> None:
 
     assert paths.lines() == jsonl(events)
     assert [entry["event"] for entry in logs] == [AUDIT_REBUILT]
+
+
+@pytest.mark.parametrize("damage", ["missing", "empty"])
+def test_reconcile_continues_a_log_rotated_while_stopped(
+    paths: Paths, damage: str, logs
+) -> None:
+    """A log moved away while the daemon was stopped is continued, not rebuilt."""
+    events = _recorded(paths)
+    old = paths.audit_log.with_suffix(".jsonl.1")
+    paths.audit_log.rename(old)
+    if damage == "empty":
+        paths.audit_log.write_bytes(b"")
+    more = [event("a", 10), event("a", 11)]
+
+    with paths.open() as journal:
+        assert paths.lines() == []
+        journal.record("a", {}, more)
+
+    old_lines = old.read_text(encoding="utf-8").splitlines()
+    assert old_lines == jsonl(events)
+    last = hashlib.sha256(old_lines[-1].encode()).hexdigest()
+    assert paths.lines() == jsonl(more, first_seq=5, prevhash=last)
+    assert logs == [
+        {
+            "event": journal_module.AUDIT_CONTINUED,
+            "log_level": "info",
+            "path": str(paths.audit_log),
+            "after_seq": 4,
+            "prevhash": last,
+        }
+    ]
 
 
 def test_reconcile_with_an_intact_log_changes_nothing(paths: Paths, logs) -> None:
@@ -726,18 +759,25 @@ def test_older_schema_is_migrated(
 
         return migrate
 
-    monkeypatch.setattr(journal_module, "SCHEMA_VERSION", 3)
-    monkeypatch.setattr(journal_module, "_MIGRATIONS", {1: step(1), 2: step(2)})
+    current = journal_module.SCHEMA_VERSION
+    monkeypatch.setattr(journal_module, "SCHEMA_VERSION", current + 2)
+    monkeypatch.setattr(
+        journal_module,
+        "_MIGRATIONS",
+        {current: step(current), current + 1: step(current + 1)},
+    )
 
     with paths.open() as journal:
         assert journal.events() == [e]
     with paths.open() as journal:
         pass
 
-    assert steps == [1, 2]
+    assert steps == [current, current + 1]
     conn = sqlite3.connect(paths.db)
     try:
-        assert conn.execute("SELECT value FROM meta").fetchall() == [("3",)]
+        assert conn.execute(
+            "SELECT value FROM meta WHERE key = 'schema_version'"
+        ).fetchall() == [(str(current + 2),)]
     finally:
         conn.close()
 
@@ -747,12 +787,13 @@ def test_missing_migration_is_an_error(
 ) -> None:
     """An older database with no migration path is refused, and the lock released."""
     paths.open().close()
-    monkeypatch.setattr(journal_module, "SCHEMA_VERSION", 2)
+    current = journal_module.SCHEMA_VERSION
+    monkeypatch.setattr(journal_module, "SCHEMA_VERSION", current + 1)
     monkeypatch.setattr(journal_module, "_MIGRATIONS", {})
 
-    with pytest.raises(JournalError, match="no migration from version 1"):
+    with pytest.raises(JournalError, match=f"no migration from version {current}"):
         paths.open()
-    monkeypatch.setattr(journal_module, "SCHEMA_VERSION", 1)
+    monkeypatch.setattr(journal_module, "SCHEMA_VERSION", current)
     paths.open().close()
 
 
