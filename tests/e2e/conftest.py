@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +163,60 @@ def simulated_fleet(
         return SimulatedFleet(proc, config, truth, urls)
 
     return start
+
+
+@dataclass
+class Receiver:
+    """A webhook endpoint on 127.0.0.1 that records every POST; can be down."""
+
+    port: int
+    posts: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    server: ThreadingHTTPServer | None = None
+    thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """Where the sink posts."""
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def up(self) -> None:
+        """Start answering 200 on the port."""
+        posts = self.posts
+        paths = self.paths
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length)
+                posts.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                paths.append(self.path)
+                # A path containing /gone answers 410: a permanently broken sink.
+                self.send_response(410 if "/gone" in self.path else 200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def down(self) -> None:
+        """Stop listening (connections are refused)."""
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A receiver on a free loopback port, initially down."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    recv = Receiver(port)
+    yield recv
+    recv.down()

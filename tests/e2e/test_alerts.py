@@ -5,77 +5,18 @@ from __future__ import annotations
 import base64
 import json
 import signal
-import socket
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 from standardwebhooks.webhooks import Webhook
 
 from watcher.events import EventType
 
-from .conftest import read_jsonl, wait_for
+from .conftest import Receiver, read_jsonl, wait_for
 
 pytestmark = pytest.mark.e2e
 
 SECRET = "whsec_" + base64.b64encode(b"e2e-signing-key-0123456789abcdef").decode()
-
-
-@dataclass
-class Receiver:
-    """A webhook endpoint on 127.0.0.1 that records every POST; can be down."""
-
-    port: int
-    posts: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-    server: ThreadingHTTPServer | None = None
-    thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        """Where the sink posts."""
-        return f"http://127.0.0.1:{self.port}/hook"
-
-    def up(self) -> None:
-        """Start answering 200 on the port."""
-        posts = self.posts
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", "0"))
-                body = self.rfile.read(length)
-                posts.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def down(self) -> None:
-        """Stop listening (connections are refused)."""
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    """A receiver on a free loopback port, initially down."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    recv = Receiver(port)
-    yield recv
-    recv.down()
 
 
 def add_webhook_sink(config: Path, url: str) -> None:
