@@ -36,6 +36,7 @@ ALLOWED: dict[str, set[str]] = {
     },
     "dispatcher": {"journal", "sinks", "events", "config", "errors"},
     "simulator": {"phases"},
+    "service": {"tracker", "events", "phases", "config", "errors", "scheduler"},
     "daemon": {
         "errors",
         "phases",
@@ -51,6 +52,7 @@ ALLOWED: dict[str, set[str]] = {
         "logs",
         "notify",
     },
+    "views": {"journal", "events", "phases", "tracker", "config", "errors"},
     "demo": {"simulator", "daemon", "config", "events", "phases", "errors", "journal"},
     "cli": {"*"},
     "__main__": {"cli"},

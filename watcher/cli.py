@@ -8,13 +8,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
 import anyio
 import structlog
@@ -109,6 +110,81 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(test_sink)
     test_sink.add_argument("sink", help="the sink's name in the configuration")
     test_sink.set_defaults(handler=_cmd_test_sink)
+
+    status = sub.add_parser("status", help="one row per server: phase, health")
+    _add_config(status, required=False)
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(handler=_cmd_status)
+
+    follow = sub.add_parser(
+        "follow", help="follow one restore to its end (exit 0 completed, 1 failed)"
+    )
+    follow.add_argument("server", help="the server's name")
+    _add_config(follow, required=False)
+    follow.add_argument(
+        "--last",
+        action="store_true",
+        help="report the last restore even if it has ended (default: wait for one)",
+    )
+    follow.add_argument(
+        "--timeout", type=_duration, default=None, help="give up after (e.g. 2h)"
+    )
+    follow.add_argument(
+        "--interval", type=float, default=0.5, help="seconds between two looks"
+    )
+    follow.set_defaults(handler=_cmd_follow)
+
+    restores = sub.add_parser("restores", help="one row per restore")
+    _add_config(restores, required=False)
+    restores.add_argument("--server", help="only this server")
+    restores.add_argument("--since", type=_since, help="ISO time or age (e.g. 24h)")
+    restores.add_argument("--json", action="store_true", help="print JSON")
+    restores.set_defaults(handler=_cmd_restores)
+
+    events = sub.add_parser("events", help="the event history")
+    _add_config(events, required=False)
+    events.add_argument("--server", help="only this server")
+    events.add_argument("--type", dest="type_glob", help="glob on the event type")
+    events.add_argument("--since", type=_since, help="ISO time or age (e.g. 24h)")
+    events.add_argument("--json", action="store_true", help="print JSON lines")
+    events.set_defaults(handler=_cmd_events)
+
+    silence = sub.add_parser("silence", help="hold notifications for some servers")
+    silence_sub = silence.add_subparsers(
+        dest="silence_command", required=True, metavar="add|list|remove"
+    )
+    s_add = silence_sub.add_parser("add", help="silence servers matching a glob")
+    s_add.add_argument("server_glob", help="e.g. 'sklm-prod-*'")
+    s_add.add_argument(
+        "--for", dest="duration", type=_duration, required=True, help="e.g. 2h"
+    )
+    s_add.add_argument("--reason", required=True, help="why (shown in listings)")
+    _add_config(s_add, required=False)
+    s_add.set_defaults(handler=_cmd_silence_add)
+    s_list = silence_sub.add_parser("list", help="active silences")
+    s_list.add_argument("--all", action="store_true", help="include expired ones")
+    s_list.add_argument("--json", action="store_true", help="print JSON")
+    _add_config(s_list, required=False)
+    s_list.set_defaults(handler=_cmd_silence_list)
+    s_remove = silence_sub.add_parser("remove", help="end a silence now")
+    s_remove.add_argument("id", type=int, help="the silence's id")
+    _add_config(s_remove, required=False)
+    s_remove.set_defaults(handler=_cmd_silence_remove)
+
+    audit = sub.add_parser("audit", help="the tamper-evident audit log")
+    audit_sub = audit.add_subparsers(
+        dest="audit_command", required=True, metavar="verify"
+    )
+    verify = audit_sub.add_parser("verify", help="check the audit log's hash chain")
+    verify.add_argument(
+        "files",
+        nargs="*",
+        type=Path,
+        help="files oldest first (default: the configured audit log and its rotations)",
+    )
+    _add_config(verify, required=False)
+    verify.add_argument("--json", action="store_true", help="print JSON")
+    verify.set_defaults(handler=_cmd_audit_verify)
 
     demo = sub.add_parser("demo", help="simulator + watcher: see it work")
     demo.add_argument(
@@ -406,6 +482,211 @@ def _cmd_test_sink(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     print(f"{args.sink}: delivered test event {event.id}")
     return EXIT_OK
+
+
+_UNITS: Final = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _duration(text: str) -> float:
+    """Parse ``90``, ``90s``, ``30m``, ``2h`` or ``1d`` into seconds."""
+    raw = text.strip().lower()
+    unit = _UNITS.get(raw[-1:], None)
+    number = raw[:-1] if unit is not None else raw
+    try:
+        seconds = float(number) * (unit or 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a duration: {text!r} (use e.g. 90s, 30m, 2h, 1d)"
+        ) from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"a duration must be positive: {text!r}")
+    return seconds
+
+
+def _since(text: str) -> datetime:
+    """Parse an ISO 8601 time (UTC if no offset) or an age like ``24h``."""
+    try:
+        at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return datetime.now(UTC) - timedelta(seconds=_duration(text))
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def _color(out: TextIO) -> bool:
+    return out.isatty() and "NO_COLOR" not in os.environ
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from watcher import views
+
+    config = load_config(args.config)
+    names = [s.name for s in config.servers]
+    with _open_journal(config) as journal:
+        rows = views.fleet_status(journal, datetime.now(UTC), names)
+    if args.json:
+        print(json.dumps([r.to_json() for r in rows], indent=2))
+    else:
+        views.render_table(rows, console_file=sys.stdout, color=_color(sys.stdout))
+    return EXIT_OK
+
+
+def _cmd_restores(args: argparse.Namespace) -> int:
+    from watcher import views
+
+    config = load_config(args.config)
+    with _open_journal(config) as journal:
+        rows = views.restores(journal, server=args.server, since=args.since)
+    if args.json:
+        print(json.dumps([r.to_json() for r in rows], indent=2))
+    else:
+        views.render_table(rows, console_file=sys.stdout, color=_color(sys.stdout))
+    return EXIT_OK
+
+
+def _cmd_events(args: argparse.Namespace) -> int:
+    from watcher import views
+
+    config = load_config(args.config)
+    with _open_journal(config) as journal:
+        rows = views.events(
+            journal, server=args.server, type_glob=args.type_glob, since=args.since
+        )
+    if args.json:
+        for row in rows:
+            print(json.dumps(row.to_json(), ensure_ascii=False))
+    else:
+        views.render_table(rows, console_file=sys.stdout, color=_color(sys.stdout))
+    return EXIT_OK
+
+
+def _cmd_follow(args: argparse.Namespace) -> int:
+    from watcher import views
+
+    config = load_config(args.config)
+    if args.server not in {s.name for s in config.servers}:
+        raise ConfigError(
+            [ConfigProblem("servers", f"no server named {args.server!r}")],
+            source=str(args.config),
+        )
+    started = time.monotonic()
+    color = _color(sys.stdout)
+    shown: Any = None
+    first_restore: str | None = None
+    waiting_said = False
+    while True:
+        with _open_journal(config) as journal:
+            view = views.follow_state(journal, args.server)
+        if first_restore is None and not args.last:
+            # Without --last, a restore that had ended before we started is history:
+            # wait for the next one.
+            first_restore = view.restore_id or ""
+        fresh = (
+            args.last
+            or view.restore_id != first_restore
+            or view.outcome
+            in (
+                views.Outcome.RUNNING,
+                views.Outcome.STALLED,
+            )
+        )
+        if fresh:
+            key = json.dumps(view.to_json(), sort_keys=True)
+            if key != shown:
+                shown = key
+                views.render_follow(view, console_file=sys.stdout, color=color)
+                sys.stdout.flush()
+            outcome = views.follow_outcome(view)
+            if outcome is not None:
+                return outcome
+        elif not waiting_said:
+            print(f"{args.server}: no restore running; waiting for one to start")
+            sys.stdout.flush()
+            waiting_said = True
+        if args.timeout is not None and time.monotonic() - started > args.timeout:
+            print(f"{args.server}: gave up after {args.timeout:.0f} s", file=sys.stderr)
+            return EXIT_FAILURE
+        time.sleep(args.interval)
+
+
+def _cmd_silence_add(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    now = datetime.now(UTC)
+    until = now + timedelta(seconds=args.duration)
+    with _open_journal(config, write=True) as journal:
+        silence_id = journal.add_silence(args.server_glob, until, args.reason, now)
+    print(
+        f"silence {silence_id}: {args.server_glob} until {until.isoformat(timespec='seconds')}"
+        " (events are journaled, not sent)"
+    )
+    return EXIT_OK
+
+
+def _cmd_silence_list(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    with _open_journal(config) as journal:
+        found = journal.silences(datetime.now(UTC), include_expired=args.all)
+    if args.json:
+        print(json.dumps([s.to_json() for s in found], indent=2))
+        return EXIT_OK
+    _print_table(
+        ("ID", "SERVERS", "UNTIL", "REASON"),
+        [
+            (str(s.id), s.server_glob, s.until.isoformat(timespec="seconds"), s.reason)
+            for s in found
+        ],
+    )
+    return EXIT_OK
+
+
+def _cmd_silence_remove(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    with _open_journal(config, write=True) as journal:
+        removed = journal.remove_silence(args.id)
+    if not removed:
+        print(f"no silence {args.id}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"silence {args.id} removed")
+    return EXIT_OK
+
+
+def _cmd_audit_verify(args: argparse.Namespace) -> int:
+    from watcher import views
+    from watcher.errors import JournalError
+
+    files: list[Path] = list(args.files)
+    expect_last: str | None = None
+    if not files:
+        config = load_config(args.config)
+        files = _audit_files(config.watcher.audit_log)
+        try:
+            with _open_journal(config) as journal:
+                position = journal.audit_position()
+        except JournalError:
+            position = None
+        expect_last = position.hash if position is not None else None
+    try:
+        verdict = views.verify_audit(files, expect_last_hash=expect_last)
+    except OSError as exc:
+        print(
+            f"sklm-watcher: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr
+        )
+        return EXIT_FAILURE
+    if args.json:
+        print(json.dumps(verdict.to_json(), indent=2))
+    else:
+        print(verdict.summary())
+    return EXIT_OK if verdict.ok else EXIT_FAILURE
+
+
+def _audit_files(current: Path) -> list[Path]:
+    """The audit log's rotated files (oldest first), then the current one."""
+    rotated = [
+        p
+        for p in current.parent.glob(current.name + "?*")
+        if p.is_file() and not p.name.endswith((".gz", ".xz", ".bz2", ".zst"))
+    ]
+    rotated.sort(key=lambda p: (p.stat().st_mtime, p.name))
+    return [*rotated, current] if current.exists() else rotated
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:

@@ -315,11 +315,21 @@ class Daemon:
         ) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
+                    await self._reopen_audit_log()
                     await self.reload()
                     continue
                 log.info(DAEMON_STOPPING, signal=signal.Signals(signum).name)
                 self.stop()
                 return
+
+    async def _reopen_audit_log(self) -> None:
+        # logrotate's postrotate sends SIGHUP: start the new file at once.
+        journal = self.journal
+        if journal is not None:
+            try:
+                await journal.call(journal.reopen_audit_log)
+            except JournalError as exc:
+                log.error(JOURNAL_FAILING, detail=str(exc))
 
     async def _keep_systemd_informed(self) -> None:
         interval = self._notifier.watchdog_interval

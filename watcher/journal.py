@@ -577,7 +577,7 @@ class Journal:
                 if self._audit_fd is None:
                     # A previous append failed or the file was rotated: this
                     # catch-up includes the new events.
-                    self._catch_up_audit()
+                    self._catch_up_audit(expected=len(new))
                 else:
                     self._append_new(new)
         return [event for event, _, _ in new]
@@ -968,14 +968,15 @@ class Journal:
                 "events are stored and the log will catch up"
             ) from exc
 
-    def _catch_up_audit(self) -> None:
+    def _catch_up_audit(self, *, expected: int = 0) -> None:
         """Open the audit log, repair its tail and append what SQLite holds beyond it.
 
         A non-empty file is authoritative: the chain continues from its last line.
         An empty or missing one continues from the remembered position (logrotate
         moved the old file away), or from :data:`GENESIS_HASH` when the journal has
         never written a log (a new database, or one from before the chain), in which
-        case the whole history is written.
+        case the whole history is written. Writing more than the ``expected``
+        events just recorded is logged as a warning.
         """
         path = self.audit_log
         with _translating(f"opening the audit log {path}"):
@@ -989,7 +990,7 @@ class Journal:
                 if created:
                     _fsync_dir(path.parent)
                 start = self._tail_position(_repair_tail(fd, path))
-                position = self._write_missing(fd, start)
+                position = self._write_missing(fd, start, expected)
                 if position != start.position:
                     os.fsync(fd)
                 size = os.fstat(fd).st_size
@@ -1027,7 +1028,7 @@ class Journal:
             return _Start(AuditPosition(top, index, digest), rebuild=False)
         return _Start(AuditPosition(row[0], index, digest), rebuild=False)
 
-    def _write_missing(self, fd: int, start: _Start) -> AuditPosition:
+    def _write_missing(self, fd: int, start: _Start, expected: int) -> AuditPosition:
         """Append every stored event after ``start``; return the new last line."""
         conn = self._conn
         last_seq, index, previous = (
@@ -1054,7 +1055,7 @@ class Journal:
                 batch, size = [], 0
         if batch:
             _write_all(fd, "".join(batch).encode("utf-8"))
-        if written:
+        if written > expected:
             name = AUDIT_REBUILT if start.rebuild else AUDIT_CAUGHT_UP
             log.warning(name, path=str(self.audit_log), events=written)
         return AuditPosition(last_seq, index, previous)

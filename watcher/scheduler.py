@@ -281,10 +281,17 @@ def _may_have_ended(state: ServerState, phase: Phase) -> bool:
     True at the first COMPLETED (also straight from IDLE: a fast restore), and when
     a running restore's progress goes back (to IDLE: failed, or CLEANUP and back:
     the restart). Not on repeated answers, nor after a completed restore: the hint
-    resets when the server restarts.
+    resets when the server restarts. After a resume (the daemon's own downtime) the
+    first answer may follow an unseen ending or restart, and the tracker decides
+    it from the hint: fetched then for IDLE, COMPLETED or a phase gone back, even
+    if it repeats the saved phase (issue #3).
     """
     previous = state.phase
-    if previous is None or phase is previous:
+    if previous is None:
+        return False
+    if state.resumed and (state.restore_active or state.awaiting_restart):
+        return phase in (Phase.IDLE, Phase.COMPLETED) or phase < previous
+    if phase is previous:
         return False
     if phase is Phase.COMPLETED:
         return True

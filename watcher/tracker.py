@@ -30,6 +30,9 @@ STATE_VERSION: Final = 1
 # them alone does not make a step worth saving (the journal is written per
 # transition, never per poll).
 _VOLATILE: Final = frozenset({"consecutive_failures", "last_ok_at"})
+# State fields that live only in the running process: never persisted, and a change
+# in them never makes a step worth saving.
+_TRANSIENT: Final = frozenset({"resumed"})
 
 
 class Failure(StrEnum):
@@ -127,6 +130,10 @@ class ServerState:
     auth_run_id: str | None = None
     #: The last successful poll.
     last_ok_at: datetime | None = None
+    #: Loaded by :meth:`from_dict` and no phase observed since: the watcher itself
+    #: was down, so the first answer may follow a gap of unknown content (the end of
+    #: a restore, the restart after one). Not persisted (issue #3).
+    resumed: bool = False
 
     @property
     def failing(self) -> bool:
@@ -174,7 +181,9 @@ class ServerState:
 
         Monotonic readings do not survive a process, so each is rebased from its
         wall-clock twin: ``mono = monotonic - (at - wall)``. Time spent while the
-        daemon was down therefore counts towards stalls and outages.
+        daemon was down therefore counts towards stalls and outages. The state is
+        marked ``resumed``: the next successful observation reads the daemon's
+        downtime as a gap it could not observe.
 
         Args:
             d: What ``to_dict`` returned (missing keys take their defaults).
@@ -191,7 +200,9 @@ class ServerState:
 
 
 _DURABLE_FIELDS: Final = tuple(
-    f.name for f in fields(ServerState) if f.name not in _VOLATILE
+    f.name
+    for f in fields(ServerState)
+    if f.name not in _VOLATILE and f.name not in _TRANSIENT
 )
 
 
@@ -302,6 +313,8 @@ def _on_phase(run: _Run, cur: Phase) -> None:
         # about a restore we could still report.
         if cur.is_active:
             _start_restore(run, cur, at_startup=True)
+    elif s.resumed and _may_have_ended_unseen(s, prev, cur):
+        _resume(run, prev, cur, back)
     elif s.restore_active:
         _advance_restore(run, prev, cur, back)
     else:
@@ -313,7 +326,8 @@ def _on_phase(run: _Run, cur: Phase) -> None:
             phase_since_monotonic=obs.monotonic,
             stall_reported=False,
         )
-    run.update(last_ok_at=obs.at)
+    # The first answer after a resume has decided about the downtime.
+    run.update(last_ok_at=obs.at, resumed=False)
     stall = _stall(run)
     if stall is not None:
         run.events.append(stall[1])
@@ -403,11 +417,69 @@ def _after_restore(run: _Run, prev: Phase, cur: Phase, back: _Return) -> None:
                 _restarted(run, cur, back)
         elif back.came_back or run.obs.relogin:
             _restarted(run, cur, back)
-        else:
+        elif cur is not prev or _restart_overdue(run):
             # Progress reset without a visible restart: nothing more to wait for.
+            # (Still IDLE, after restore/result said the restart was yet to come,
+            # see _resume: keep watching for it, up to restart_timeout.)
             run.update(awaiting_restart=False)
     if cur is not prev and cur is not Phase.IDLE:
         _start_restore(run, cur, at_startup=False)
+
+
+def _may_have_ended_unseen(s: ServerState, prev: Phase, cur: Phase) -> bool:
+    """Whether ``cur``, after the watcher's downtime, may hide an end or a restart.
+
+    A running restore whose progress went back (to IDLE, or to an earlier phase: a
+    new restore), or a restart still expected after COMPLETED and the server not
+    COMPLETED any more. The same or a later phase is the ordinary path.
+    """
+    if s.restore_active:
+        return cur < prev
+    return s.awaiting_restart and cur is not Phase.COMPLETED
+
+
+def _resume(run: _Run, prev: Phase, cur: Phase, back: _Return) -> None:
+    """The first answer after the daemon's own downtime, which may hide an ending.
+
+    The downtime is read like an outage we could not observe (issue #3). When the
+    restart after a restore fell into it, when it happened is unknown, so
+    ``restarted`` has ``down_for`` null. Completion, failure and restart keep the
+    ids they would have had, so what the previous process journaled is skipped.
+    """
+    gap = replace(back, down_for=None)
+    if run.state.restore_active:
+        _resume_restore(run, prev, cur, gap)
+    else:
+        # COMPLETED was seen, then the watcher was down. restore/result resets
+        # when the server restarts: still 0 means the restart is yet to come
+        # (unless the previous process had already seen the server go away).
+        if run.obs.result != 0 or back.came_back:
+            _restarted(run, cur, gap, downtime=True)
+        # Else, still IDLE: keep awaiting the restart (_after_restore bounds it).
+    if cur.is_active:
+        _start_restore(run, cur, at_startup=False)
+
+
+def _resume_restore(run: _Run, prev: Phase, cur: Phase, back: _Return) -> None:
+    """A restore last seen in ``prev`` ended while the watcher was down."""
+    result = run.obs.result
+    # This is the one place restore/result decides an outcome. sklm-api.md says to
+    # treat it as a hint, never the only signal; across the watcher's own downtime
+    # no other signal exists. -1: the server restarted since the restore (the
+    # result resets on restart, and a failed restore does not restart the server),
+    # so it completed; 0: completed, restart still to come; 1: failed. Without a
+    # usable result, a restore last seen in CLEANUP is read as the gap after
+    # CLEANUP always is (the restart after a successful restore); any other as
+    # failed, outcome unknown.
+    completed = result in (-1, 0) or (prev is Phase.CLEANUP and result != 1)
+    if not completed:
+        _fail(run, _downtime_reason(cur, result), downtime=True)
+        return
+    missed = (*phases_between(prev, Phase.COMPLETED), Phase.COMPLETED)
+    _enter_phases(run, ((p, True) for p in missed), previous=prev)
+    _complete(run, inferred=True, downtime=True)
+    if result != 0:
+        _restarted(run, cur, back, downtime=True)
 
 
 def _start_restore(run: _Run, cur: Phase, *, at_startup: bool) -> None:
@@ -466,7 +538,7 @@ def _enter_phases(
     run.update(timeline=tuple(visits))
 
 
-def _complete(run: _Run, *, inferred: bool) -> None:
+def _complete(run: _Run, *, inferred: bool, downtime: bool = False) -> None:
     rid = run.restore_id()
     run.emit(
         EventType.RESTORE_COMPLETED,
@@ -476,13 +548,14 @@ def _complete(run: _Run, *, inferred: bool) -> None:
             "code": int(Phase.COMPLETED),
             "inferred": inferred,
             **_summary(run),
+            "during_watcher_downtime": downtime,
         },
         rid,
     )
     run.update(restore_active=False, awaiting_restart=True)
 
 
-def _fail(run: _Run, reason: str) -> None:
+def _fail(run: _Run, reason: str, *, downtime: bool = False) -> None:
     rid = run.restore_id()
     timeline = run.state.timeline
     last = timeline[-1].phase if timeline else run.state.phase
@@ -494,23 +567,27 @@ def _fail(run: _Run, reason: str) -> None:
             "code": None if last is None else int(last),
             "reason": reason,
             **_summary(run),
+            "during_watcher_downtime": downtime,
         },
         rid,
     )
     run.update(restore_active=False, awaiting_restart=False)
 
 
-def _restarted(run: _Run, cur: Phase, back: _Return) -> None:
+def _restarted(run: _Run, cur: Phase, back: _Return, *, downtime: bool = False) -> None:
     rid = run.state.restore_id
     if rid is not None:
         run.emit(
             EventType.SERVER_RESTARTED,
             {
                 "restore_id": rid,
-                # None when only the rejected session showed the restart.
+                # None when only the rejected session showed the restart, or when
+                # it happened while the watcher itself was down.
                 "down_for": back.down_for,
                 "phase": cur.name,
                 "late": back.late,
+                "result": run.obs.result,
+                "during_watcher_downtime": downtime,
             },
             rid,
         )
@@ -576,6 +653,35 @@ def _failure_reason(
     if result in _RESULT_WORDS:
         reason += f" (restore/result reports {result}, {_RESULT_WORDS[result]})"
     return reason
+
+
+def _downtime_reason(cur: Phase, result: int | None) -> str:
+    if result == 1:
+        reason = (
+            "the restore failed while the watcher was down (restore/result reports "
+            "1, failure)"
+        )
+    elif result is None:
+        reason = (
+            "the restore ended while the watcher was down; outcome unknown "
+            "(restore/result unavailable)"
+        )
+    else:
+        reason = (
+            "the restore ended while the watcher was down; outcome unknown "
+            f"(restore/result reports {result})"
+        )
+    if cur.is_active:
+        reason += f"; a new restore is running, now in {cur.name}"
+    return reason
+
+
+def _restart_overdue(run: _Run) -> bool:
+    """Whether the restart awaited since the current phase began is overdue."""
+    since = run.state.phase_since_monotonic
+    if since is None:
+        return True
+    return run.obs.monotonic - since > run.config.restart_timeout
 
 
 # --- thresholds ------------------------------------------------------------------
@@ -715,6 +821,7 @@ def _state_from_dict(
         auth_failed=_get_bool(d, "auth_failed"),
         auth_run_id=_get_str(d, "auth_run_id"),
         last_ok_at=_get_time(d, "last_ok_at"),
+        resumed=True,
     )
 
 

@@ -131,12 +131,12 @@ def simulated_fleet(
 ) -> Callable[..., SimulatedFleet]:
     """Start ``sklm-watcher simulate SCENARIO --write-config`` and wait for ``ready``."""
 
-    def start(scenario: str, *, tls: bool = True) -> SimulatedFleet:
+    def start(scenario: str | Path, *, tls: bool = True) -> SimulatedFleet:
         config = tmp_path / "watcher.toml"
         truth = tmp_path / "truth.jsonl"
         args = [
             "simulate",
-            str(SCENARIOS / scenario),
+            str(scenario if isinstance(scenario, Path) else SCENARIOS / scenario),
             "--write-config",
             str(config),
             "--state-dir",

@@ -876,3 +876,191 @@ async def test_call_serialises(journal: Journal) -> None:
         release.set()
 
     assert order == ["first started", "first done", "second"]
+
+
+# --- silences -----------------------------------------------------------------------
+
+
+def _outbox_notes(paths: Paths) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(paths.db)
+    try:
+        return conn.execute(
+            "SELECT event_id, status, last_error FROM outbox ORDER BY seq"
+        ).fetchall()
+    finally:
+        conn.close()
+
+
+def test_silence_suppresses_delivery_but_not_journaling(
+    journal: Journal, paths: Paths
+) -> None:
+    """A matching event is journaled and logged, its row suppressed; others stay pending."""
+    sid = journal.add_silence("prod-*", at(100), "maintenance window", at(0))
+    silenced = event("prod-1", 50)
+    other = event("lab-1", 51)
+
+    assert journal.record("prod-1", {}, [silenced]) == [silenced]
+    journal.record("lab-1", {}, [other])
+
+    assert journal.events() == [silenced, other]
+    assert paths.lines() == jsonl([silenced, other])
+    assert _outbox_notes(paths) == [
+        (silenced.id, "suppressed", f"silenced (silence {sid}: maintenance window)"),
+        (other.id, "pending", None),
+    ]
+    assert journal.next_due("ops", at(60)) == _row(other, seq=2)
+    assert journal.outbox_summary(at(60)) == [
+        OutboxSummary(sink="ops", pending=1, dead=0, oldest_pending_age=9.0)
+    ]
+
+
+def test_silence_expires_by_itself(journal: Journal, paths: Paths) -> None:
+    """An event at or after ``until`` is pending again, and not held back by the silenced one."""
+    journal.add_silence("*", at(100), "upgrade", at(0))
+    during, after = event("a", 99), event("a", 100)
+    journal.record("a", {}, [during])
+    journal.record("a", {}, [after])
+
+    assert [row[3] for row in paths.outbox()] == ["suppressed", "pending"]
+    assert journal.next_due("ops", at(100)) == _row(after, seq=2)
+    assert journal.next_due("ops", at(99)) is None
+
+
+def test_silence_list_and_remove(journal: Journal, paths: Paths) -> None:
+    """Silences are listed while active (all with include_expired) and can be removed."""
+    first = journal.add_silence("prod-*", at(100), "window", at(0))
+    second = journal.add_silence("lab-1", at(10), "short", at(1))
+    expected_first = journal_module.Silence(
+        id=first, server_glob="prod-*", until=at(100), reason="window", created_at=at(0)
+    )
+    expected_second = journal_module.Silence(
+        id=second, server_glob="lab-1", until=at(10), reason="short", created_at=at(1)
+    )
+
+    assert journal.silences(at(5)) == [expected_first, expected_second]
+    assert journal.silences(at(10)) == [expected_first]
+    assert journal.silences(at(10), include_expired=True) == [
+        expected_first,
+        expected_second,
+    ]
+    assert expected_first.to_json() == {
+        "id": first,
+        "server_glob": "prod-*",
+        "until": "2026-11-29T10:01:40.000Z",
+        "reason": "window",
+        "created_at": "2026-11-29T10:00:00.000Z",
+    }
+    assert journal.remove_silence(first) is True
+    assert journal.remove_silence(first) is False
+    journal.record("prod-1", {}, [event("prod-1", 2)])
+    assert [row[3] for row in paths.outbox()] == ["pending"]
+
+
+def test_cli_can_silence_while_the_daemon_runs(journal: Journal, paths: Paths) -> None:
+    """A silence added through an unlocked journal applies to the daemon's next record."""
+    with paths.open(lock=False) as admin:
+        admin.add_silence("a", at(60), "planned", at(0))
+    with paths.open(read_only=True) as view:
+        assert [s.reason for s in view.silences(at(1))] == ["planned"]
+        with pytest.raises(JournalError, match="read-only"):
+            view.add_silence("a", at(60), "x", at(0))
+
+    journal.record("a", {}, [event("a", 1)])
+
+    assert [row[3] for row in paths.outbox()] == ["suppressed"]
+
+
+def test_version_1_database_gets_silences(paths: Paths, logs) -> None:
+    """A database from schema version 1 is migrated: silences work and nothing is lost."""
+    e = event("a", 1)
+    with paths.open() as journal:
+        journal.record("a", {"n": 1}, [e])
+    paths.execute("DROP TABLE silences")
+    paths.execute("DELETE FROM meta WHERE key LIKE 'audit_%'")
+    paths.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    with pytest.raises(JournalError, match="older than 2"):
+        paths.open(read_only=True)
+    logs.clear()
+
+    with paths.open() as journal:
+        assert journal.events() == [e]
+        assert journal.load_states() == {"a": {"n": 1}}
+        journal.add_silence("a", at(90), "after upgrade", at(0))
+        journal.record("a", {}, [event("a", 2)])
+
+    assert [row[3] for row in paths.outbox()] == ["pending", "suppressed"]
+    assert paths.lines() == jsonl([e, event("a", 2)])
+    assert logs[0] == {
+        "event": journal_module.SCHEMA_MIGRATED,
+        "log_level": "info",
+        "path": str(paths.db),
+        "old": 1,
+        "new": 2,
+    }
+
+
+# --- audit chain and rotation ---------------------------------------------------
+
+
+def test_audit_lines_keep_the_plain_event_for_sinks(
+    journal: Journal, paths: Paths
+) -> None:
+    """Only the audit line carries the chain; the stored event (what sinks get) does not."""
+    e = event("a", 1)
+    journal.record("a", {}, [e])
+
+    (line,) = paths.lines()
+    assert json.loads(line) == e.to_dict() | {"auditseq": 1, "prevhash": GENESIS}
+    row = journal.next_due("ops", at(1))
+    assert row is not None
+    assert row.event.to_json() == e.to_json()
+    assert "prevhash" not in row.event.to_json()
+
+
+def test_rename_while_running_starts_a_chained_file(
+    journal: Journal, paths: Paths, logs
+) -> None:
+    """After a rename the next record reopens the path and chains from the old last line."""
+    first = [event("a", 1), event("a", 2)]
+    journal.record("a", {}, first)
+    rotated = paths.audit_log.with_name("events.jsonl.1")
+    paths.audit_log.rename(rotated)
+    second = [event("a", 3)]
+
+    journal.record("a", {}, second)
+
+    old = rotated.read_text(encoding="utf-8").splitlines()
+    assert old == jsonl(first)
+    last = hashlib.sha256(old[-1].encode()).hexdigest()
+    assert paths.lines() == jsonl(second, first_seq=3, prevhash=last)
+    assert journal.audit_position() == journal_module.AuditPosition(
+        seq=3, index=3, hash=hashlib.sha256(paths.lines()[-1].encode()).hexdigest()
+    )
+    assert [entry["event"] for entry in logs] == [
+        journal_module.AUDIT_REOPENED,
+        journal_module.AUDIT_CONTINUED,
+    ]
+
+
+def test_reopen_audit_log_creates_the_file(journal: Journal, paths: Paths) -> None:
+    """reopen_audit_log (SIGHUP) opens a fresh file at the path at once."""
+    journal.record("a", {}, [event("a", 1)])
+    paths.audit_log.rename(paths.audit_log.with_name("old"))
+
+    journal.reopen_audit_log()
+
+    assert paths.audit_log.read_bytes() == b""
+
+
+def test_audit_position_survives_a_restart(paths: Paths) -> None:
+    """The last line's position is kept in the database for a read-only reader."""
+    events = _recorded(paths)
+
+    with paths.open(read_only=True) as view:
+        position = view.audit_position()
+        view.reopen_audit_log()  # not the daemon: nothing to do
+
+    last = jsonl(events)[-1]
+    assert position == journal_module.AuditPosition(
+        seq=4, index=4, hash=hashlib.sha256(last.encode()).hexdigest()
+    )

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -354,6 +355,7 @@ def test_completed_data_and_timeline() -> None:
         "duration": 90.0,
         "result": 0,
         "seen_at_startup": False,
+        "during_watcher_downtime": False,
         "timeline": [
             _visit(INIT, True, 10, 0.0),
             _visit(TEMP, False, 10, 15.0),
@@ -442,6 +444,7 @@ def test_failed_data() -> None:
         ],
         "result": 1,
         "seen_at_startup": False,
+        "during_watcher_downtime": False,
     }
     assert state.phase is IDLE
     assert not state.restore_active
@@ -595,6 +598,8 @@ def test_restart_within_restart_timeout() -> None:
         "down_for": 300.0,
         "phase": "IDLE",
         "late": False,
+        "result": None,
+        "during_watcher_downtime": False,
     }
     assert not state.awaiting_restart
 
@@ -758,7 +763,10 @@ def test_to_dict_round_trip(state: ServerState) -> None:
     if state.outage_since_at is not None and state.outage_since_at > last:
         last = state.outage_since_at
     mono = MONO0 + (last - T0).total_seconds()
-    assert ServerState.from_dict(saved, at=last, monotonic=mono) == state
+    assert "resumed" not in saved
+    # Loading marks the state resumed (process-local, never saved); all else equal.
+    restored = ServerState.from_dict(saved, at=last, monotonic=mono)
+    assert restored == replace(state, resumed=True)
 
 
 def test_from_dict_rebases_monotonic_readings() -> None:
@@ -834,5 +842,5 @@ def test_from_dict_rejects_garbage(bad: dict[str, Any]) -> None:
 
 
 def test_from_dict_empty_is_fresh() -> None:
-    """An empty dict (every key missing) is a fresh state."""
-    assert ServerState.from_dict({}, at=T0, monotonic=0.0) == ServerState()
+    """An empty dict (every key missing) is a fresh state, marked resumed."""
+    assert ServerState.from_dict({}, at=T0, monotonic=0.0) == ServerState(resumed=True)

@@ -1,0 +1,957 @@
+"""Read-only views of the journal for the CLI: status, restores, events, follow, audit.
+
+Every view is a pure function of a (read-only) :class:`~watcher.journal.Journal` and
+the arguments; none reads the clock (``now`` is passed in). Each returns frozen rows
+with a ``to_json()`` of stable shape, and :func:`render_table` prints any list of
+them (``rich`` with colour on a terminal, aligned plain text otherwise).
+
+JSON forms (stable: fields are added, never renamed or removed). Times are the
+events' UTC form (``2026-11-29T10:00:01.250Z``), durations float seconds, absent
+values ``null``.
+
+``status`` (:class:`ServerStatusRow`)::
+
+    {"server": str, "health": "ok" | "unreachable" | "restarting" | "auth failed"
+     | "unknown", "phase": str | null, "code": int | null, "step": "k/7" | null,
+     "phase_since": time | null, "in_phase_for": float | null,
+     "restore_id": str | null, "restore_active": bool, "restore_since": time | null,
+     "last_ok_at": time | null, "failures": int}
+
+``restores`` (:class:`RestoreRow`)::
+
+    {"server": str, "restore_id": str, "outcome": "completed" | "failed"
+     | "running" | "stalled", "started_at": time, "ended_at": time | null,
+     "duration": float | null, "last_phase": str | null,
+     "phases_observed": int, "phases_inferred": int, "restarted": bool,
+     "reason": str | null}
+
+``events``: each event's CloudEvents object (``Event.to_dict()``, as webhooks get it).
+
+``follow`` (:class:`FollowView`)::
+
+    {"server": str, "restore_id": str | null, "outcome": ... | null,
+     "started_at": time | null, "ended_at": time | null, "reason": str | null,
+     "current_phase": str | null, "current_since": time | null,
+     "server_back": bool | null, "health": ...,
+     "phases": [{"phase": str, "code": int, "inferred": bool,
+                 "entered_at": time, "duration": float | null}]}
+
+``audit verify`` (:class:`AuditVerdict`)::
+
+    {"ok": bool, "lines": int, "anchor": str | null, "last_hash": str | null,
+     "first_bad": {"file": str, "line": int, "reason": str} | null}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, ClassVar, Final, Protocol, TextIO
+
+from watcher.events import Event, EventType, format_time
+from watcher.journal import AUDITSEQ_KEY, PREVHASH_KEY, Journal
+from watcher.phases import Phase
+from watcher.tracker import ServerState
+
+#: ``ServerState.from_dict`` rebases monotonic readings from ``at``; the views use
+#: only wall-clock fields, so any fixed instant will do (and no clock is read).
+_REFERENCE_AT: Final = datetime(2000, 1, 1, tzinfo=UTC)
+_LAST_CODE: Final = int(Phase.COMPLETED)
+
+_RESTORE_TYPES: Final = frozenset(
+    {
+        EventType.RESTORE_STARTED,
+        EventType.RESTORE_PHASE,
+        EventType.RESTORE_COMPLETED,
+        EventType.RESTORE_FAILED,
+        EventType.RESTORE_STALLED,
+        EventType.SERVER_RESTARTED,
+        EventType.SERVER_UNREACHABLE,
+    }
+)
+
+
+class Health(StrEnum):
+    """How a server looks from its stored state."""
+
+    OK = "ok"
+    UNREACHABLE = "unreachable"
+    RESTARTING = "restarting"
+    AUTH_FAILED = "auth failed"
+    UNKNOWN = "unknown"
+
+
+class Outcome(StrEnum):
+    """How a restore ended, or that it has not."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    RUNNING = "running"
+    STALLED = "stalled"
+
+
+_STYLES: Final[Mapping[str, str]] = {
+    Health.OK: "green",
+    Health.UNREACHABLE: "bold red",
+    Health.RESTARTING: "yellow",
+    Health.AUTH_FAILED: "bold red",
+    Health.UNKNOWN: "dim",
+    Outcome.COMPLETED: "green",
+    Outcome.FAILED: "bold red",
+    Outcome.RUNNING: "cyan",
+    Outcome.STALLED: "yellow",
+}
+
+
+class TableRow(Protocol):
+    """What :func:`render_table` needs of a row."""
+
+    HEADERS: ClassVar[tuple[str, ...]]
+
+    def cells(self) -> tuple[str, ...]:
+        """The row's text, one string per header."""
+        ...
+
+    def style(self) -> str:
+        """A rich style for the row ('' for none)."""
+        ...
+
+
+# --- status ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServerStatusRow:
+    """One server's current state (``sklm-watcher status``)."""
+
+    HEADERS: ClassVar[tuple[str, ...]] = (
+        "SERVER",
+        "HEALTH",
+        "PHASE",
+        "STEP",
+        "IN PHASE",
+        "RESTORE SINCE",
+        "LAST OK",
+    )
+
+    server: str
+    health: Health
+    phase: Phase | None = None
+    phase_since: datetime | None = None
+    #: Seconds from ``phase_since`` to the ``now`` the view was built for.
+    in_phase_for: float | None = None
+    restore_id: str | None = None
+    restore_active: bool = False
+    #: When the running restore was first seen (None when none runs).
+    restore_since: datetime | None = None
+    last_ok_at: datetime | None = None
+    failures: int = 0
+
+    @property
+    def step(self) -> str | None:
+        """The phase as ``k/7`` (IDLE is ``0/7``)."""
+        return None if self.phase is None else f"{int(self.phase)}/{_LAST_CODE}"
+
+    def to_json(self) -> dict[str, Any]:
+        """The stable JSON form (module docstring)."""
+        return {
+            "server": self.server,
+            "health": str(self.health),
+            "phase": _name(self.phase),
+            "code": None if self.phase is None else int(self.phase),
+            "step": self.step,
+            "phase_since": _time(self.phase_since),
+            "in_phase_for": self.in_phase_for,
+            "restore_id": self.restore_id,
+            "restore_active": self.restore_active,
+            "restore_since": _time(self.restore_since),
+            "last_ok_at": _time(self.last_ok_at),
+            "failures": self.failures,
+        }
+
+    def cells(self) -> tuple[str, ...]:
+        """The table cells."""
+        return (
+            self.server,
+            str(self.health),
+            _name(self.phase) or "-",
+            self.step or "-",
+            _duration_text(self.in_phase_for),
+            _time_text(self.restore_since),
+            _time_text(self.last_ok_at),
+        )
+
+    def style(self) -> str:
+        """Coloured by health."""
+        return _STYLES[self.health]
+
+
+def health_of(state: ServerState | None) -> Health:
+    """Classify a stored state: auth failure, expected restart, outage, fine or unknown."""
+    if state is None:
+        return Health.UNKNOWN
+    if state.auth_failed:
+        return Health.AUTH_FAILED
+    if state.awaiting_restart and not state.unreachable_reported:
+        return Health.RESTARTING
+    if state.failing:
+        return Health.UNREACHABLE
+    if state.phase is None and state.last_ok_at is None:
+        return Health.UNKNOWN
+    return Health.OK
+
+
+def fleet_status(
+    journal: Journal, now: datetime, servers: Sequence[str] | None = None
+) -> list[ServerStatusRow]:
+    """One row per server from the stored states.
+
+    Args:
+        journal: The journal (read-only is enough).
+        now: The instant ``in_phase_for`` is measured to.
+        servers: The configured servers, in the order to show them; one without a
+            stored state gets an ``unknown`` row. None: every stored server, by name.
+    """
+    states = _states(journal)
+    names = sorted(states) if servers is None else list(servers)
+    rows = []
+    for name in names:
+        state = states.get(name)
+        if state is None:
+            rows.append(ServerStatusRow(server=name, health=Health.UNKNOWN))
+            continue
+        since = state.phase_since_at
+        rows.append(
+            ServerStatusRow(
+                server=name,
+                health=health_of(state),
+                phase=state.phase,
+                phase_since=since,
+                in_phase_for=None if since is None else _seconds(now - since),
+                restore_id=state.restore_id,
+                restore_active=state.restore_active,
+                restore_since=state.restore_started_at
+                if state.restore_active
+                else None,
+                last_ok_at=state.last_ok_at,
+                failures=state.consecutive_failures,
+            )
+        )
+    return rows
+
+
+# --- restores -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreRow:
+    """One restore, from its events (``sklm-watcher restores``)."""
+
+    HEADERS: ClassVar[tuple[str, ...]] = (
+        "SERVER",
+        "RESTORE",
+        "STARTED",
+        "ENDED",
+        "DURATION",
+        "OUTCOME",
+        "OBSERVED",
+        "INFERRED",
+    )
+
+    server: str
+    restore_id: str
+    outcome: Outcome
+    started_at: datetime
+    ended_at: datetime | None = None
+    duration: float | None = None
+    last_phase: Phase | None = None
+    phases_observed: int = 0
+    phases_inferred: int = 0
+    #: A ``sklm.server.restarted`` followed it (the server came back).
+    restarted: bool = False
+    #: Why it failed (``failed`` only).
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The stable JSON form (module docstring)."""
+        return {
+            "server": self.server,
+            "restore_id": self.restore_id,
+            "outcome": str(self.outcome),
+            "started_at": format_time(self.started_at),
+            "ended_at": _time(self.ended_at),
+            "duration": self.duration,
+            "last_phase": _name(self.last_phase),
+            "phases_observed": self.phases_observed,
+            "phases_inferred": self.phases_inferred,
+            "restarted": self.restarted,
+            "reason": self.reason,
+        }
+
+    def cells(self) -> tuple[str, ...]:
+        """The table cells (the restore id shortened to 8 characters)."""
+        return (
+            self.server,
+            self.restore_id[:8],
+            _time_text(self.started_at),
+            _time_text(self.ended_at),
+            _duration_text(self.duration),
+            str(self.outcome),
+            str(self.phases_observed),
+            str(self.phases_inferred),
+        )
+
+    def style(self) -> str:
+        """Coloured by outcome."""
+        return _STYLES[self.outcome]
+
+
+@dataclass(slots=True)
+class _Restore:
+    """The events of one restore, gathered in journal order."""
+
+    server: str
+    restore_id: str
+    started: Event | None = None
+    phases: list[Event] = field(default_factory=list)
+    end: Event | None = None
+    last_stall: Event | None = None
+    restarted: Event | None = None
+    #: Unreachable after the restore (the server did not come back in time).
+    lost: Event | None = None
+    first: Event | None = None
+    #: Position of the last phase / stall event (to tell a stall still current).
+    last_phase_pos: int = -1
+    last_stall_pos: int = -1
+
+    def row(self) -> RestoreRow:
+        first = self.started or self.first
+        if first is None:  # pragma: no cover - a group exists because of an event
+            raise AssertionError("empty restore group")
+        started_at = first.time
+        ended_at = None if self.end is None else self.end.time
+        duration: float | None = None
+        reason: str | None = None
+        if self.end is not None:
+            value = self.end.data.get("duration")
+            duration = (
+                float(value)
+                if isinstance(value, int | float) and not isinstance(value, bool)
+                else _seconds(self.end.time - started_at)
+            )
+            if self.end.type is EventType.RESTORE_FAILED:
+                reason = _str(self.end.data.get("reason"))
+        inferred = sum(1 for e in self.phases if e.data.get("inferred") is True)
+        return RestoreRow(
+            server=self.server,
+            restore_id=self.restore_id,
+            outcome=self.outcome(),
+            started_at=started_at,
+            ended_at=ended_at,
+            duration=duration,
+            last_phase=_phase(self.phases[-1]) if self.phases else None,
+            phases_observed=len(self.phases) - inferred,
+            phases_inferred=inferred,
+            restarted=self.restarted is not None,
+            reason=reason,
+        )
+
+    def outcome(self) -> Outcome:
+        if self.end is not None:
+            if self.end.type is EventType.RESTORE_COMPLETED:
+                return Outcome.COMPLETED
+            return Outcome.FAILED
+        if self.last_stall is not None and self.last_stall_pos > self.last_phase_pos:
+            return Outcome.STALLED
+        return Outcome.RUNNING
+
+
+def _gather(events: Sequence[Event]) -> list[_Restore]:
+    """Group restore events by ``restore_id``, in order of each restore's first event."""
+    groups: dict[str, _Restore] = {}
+    for pos, e in enumerate(events):
+        if e.type not in _RESTORE_TYPES:
+            continue
+        rid = e.data.get("restore_id")
+        if not isinstance(rid, str):
+            continue
+        if e.type is EventType.SERVER_UNREACHABLE:
+            if e.data.get("after_restore") is True and rid in groups:
+                groups[rid].lost = groups[rid].lost or e
+            continue
+        group = groups.get(rid)
+        if group is None:
+            if e.type is EventType.SERVER_RESTARTED:
+                continue  # a restart without the restore's events (filtered out)
+            group = groups[rid] = _Restore(server=e.server, restore_id=rid, first=e)
+        if e.type is EventType.RESTORE_STARTED:
+            group.started = group.started or e
+        elif e.type is EventType.RESTORE_PHASE:
+            group.phases.append(e)
+            group.last_phase_pos = pos
+        elif e.type in (EventType.RESTORE_COMPLETED, EventType.RESTORE_FAILED):
+            group.end = group.end or e
+        elif e.type is EventType.RESTORE_STALLED:
+            group.last_stall = e
+            group.last_stall_pos = pos
+        elif e.type is EventType.SERVER_RESTARTED:
+            group.restarted = group.restarted or e
+    return list(groups.values())
+
+
+def restores(
+    journal: Journal, *, server: str | None = None, since: datetime | None = None
+) -> list[RestoreRow]:
+    """One row per restore found in the events, oldest first.
+
+    Args:
+        journal: The journal (read-only is enough).
+        server: Only this server's restores.
+        since: Only restores still running at or ended after this instant.
+    """
+    rows = [group.row() for group in _gather(journal.events(server=server))]
+    if since is not None:
+        rows = [r for r in rows if r.ended_at is None or r.ended_at >= since]
+    return rows
+
+
+# --- events ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    """One event as a table row (``sklm-watcher events``); JSON is the event itself."""
+
+    HEADERS: ClassVar[tuple[str, ...]] = ("TIME", "SERVER", "TYPE", "DETAIL")
+
+    event: Event
+
+    def to_json(self) -> dict[str, Any]:
+        """The CloudEvents object, as webhooks receive it."""
+        return self.event.to_dict()
+
+    def cells(self) -> tuple[str, ...]:
+        """Time, server, type and a short detail (phase, reason)."""
+        e = self.event
+        return (_time_text(e.time), e.server, str(e.type), _detail(e))
+
+    def style(self) -> str:
+        """Failures red, stalls and outages yellow, completions green."""
+        return {
+            EventType.RESTORE_COMPLETED: "green",
+            EventType.RESTORE_FAILED: "bold red",
+            EventType.AUTH_FAILED: "bold red",
+            EventType.RESTORE_STALLED: "yellow",
+            EventType.SERVER_UNREACHABLE: "yellow",
+        }.get(self.event.type, "")
+
+
+def events(
+    journal: Journal,
+    *,
+    server: str | None = None,
+    type_glob: str | None = None,
+    since: datetime | None = None,
+) -> list[EventRow]:
+    """Stored events in journal order, filtered like :meth:`Journal.events`."""
+    found = journal.events(server=server, type_glob=type_glob, since=since)
+    return [EventRow(e) for e in found]
+
+
+def _detail(e: Event) -> str:
+    data = e.data
+    phase = _str(data.get("phase"))
+    if e.type is EventType.RESTORE_PHASE:
+        return f"{phase} (inferred)" if data.get("inferred") is True else phase or ""
+    if e.type in (EventType.RESTORE_FAILED, EventType.SERVER_UNREACHABLE):
+        return _str(data.get("reason")) or ""
+    if e.type is EventType.RESTORE_STALLED:
+        return f"{phase} for {_duration_text(_float(data.get('stalled_for')))}"
+    if e.type in (EventType.SERVER_RESTARTED, EventType.SERVER_RECOVERED):
+        return f"down {_duration_text(_float(data.get('down_for')))}"
+    if e.type is EventType.AUTH_FAILED:
+        return _str(data.get("detail")) or ""
+    return phase or ""
+
+
+# --- follow ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FollowPhase:
+    """One phase of the followed restore."""
+
+    phase: Phase
+    inferred: bool
+    #: The poll that revealed it (an upper bound for an inferred phase).
+    entered_at: datetime
+    #: Until the next phase (or the failure); None while current, and for COMPLETED.
+    duration: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        """The stable JSON form."""
+        return {
+            "phase": self.phase.name,
+            "code": int(self.phase),
+            "inferred": self.inferred,
+            "entered_at": format_time(self.entered_at),
+            "duration": self.duration,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class FollowView:
+    """The current (or last) restore of one server (``sklm-watcher follow``)."""
+
+    server: str
+    health: Health
+    restore_id: str | None = None
+    outcome: Outcome | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    reason: str | None = None
+    phases: tuple[FollowPhase, ...] = ()
+    current_phase: Phase | None = None
+    current_since: datetime | None = None
+    #: After COMPLETED: True once it restarted and answers, False when it did not
+    #: come back within restart_timeout, None while that is open (or not relevant).
+    server_back: bool | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The stable JSON form (module docstring)."""
+        return {
+            "server": self.server,
+            "restore_id": self.restore_id,
+            "outcome": None if self.outcome is None else str(self.outcome),
+            "started_at": _time(self.started_at),
+            "ended_at": _time(self.ended_at),
+            "reason": self.reason,
+            "current_phase": _name(self.current_phase),
+            "current_since": _time(self.current_since),
+            "server_back": self.server_back,
+            "health": str(self.health),
+            "phases": [p.to_json() for p in self.phases],
+        }
+
+
+def follow_state(journal: Journal, server: str) -> FollowView:
+    """The timeline of ``server``'s current restore, or of its last one."""
+    state = _states(journal).get(server)
+    health = health_of(state)
+    groups = _gather(journal.events(server=server))
+    group = None
+    if state is not None and state.restore_id is not None:
+        group = next((g for g in groups if g.restore_id == state.restore_id), None)
+    if group is None and groups:
+        group = groups[-1]
+    if group is None:
+        return FollowView(
+            server=server,
+            health=health,
+            current_phase=None if state is None else state.phase,
+            current_since=None if state is None else state.phase_since_at,
+        )
+    row = group.row()
+    current = state is not None and state.restore_id == group.restore_id
+    phases = _follow_phases(group.phases, row.ended_at)
+    current_phase = row.last_phase
+    current_since = phases[-1].entered_at if phases else None
+    if current and state is not None and state.phase is not None:
+        current_phase, current_since = state.phase, state.phase_since_at
+    return FollowView(
+        server=server,
+        health=health,
+        restore_id=group.restore_id,
+        outcome=row.outcome,
+        started_at=row.started_at,
+        ended_at=row.ended_at,
+        reason=row.reason,
+        phases=phases,
+        current_phase=current_phase,
+        current_since=current_since,
+        server_back=_server_back(group, state if current else None, row.outcome),
+    )
+
+
+def follow_outcome(view: FollowView) -> int | None:
+    """The exit code ``follow`` ends with, or None while there is more to wait for.
+
+    0: completed and the server is back; 1: failed, or the server did not come
+    back after the restore; None: still running, stalled, or restarting.
+    """
+    if view.outcome is Outcome.FAILED:
+        return 1
+    if view.outcome is Outcome.COMPLETED:
+        if view.server_back is None:
+            return None
+        return 0 if view.server_back else 1
+    return None
+
+
+def _follow_phases(
+    phase_events: Sequence[Event], ended_at: datetime | None
+) -> tuple[FollowPhase, ...]:
+    out = []
+    for i, e in enumerate(phase_events):
+        phase = _phase(e)
+        if phase is None:
+            continue
+        following = phase_events[i + 1] if i + 1 < len(phase_events) else None
+        until = following.time if following is not None else None
+        if until is None and ended_at is not None and phase is not Phase.COMPLETED:
+            until = ended_at
+        out.append(
+            FollowPhase(
+                phase=phase,
+                inferred=e.data.get("inferred") is True,
+                entered_at=e.time,
+                duration=None if until is None else _seconds(until - e.time),
+            )
+        )
+    return tuple(out)
+
+
+def _server_back(
+    group: _Restore, state: ServerState | None, outcome: Outcome
+) -> bool | None:
+    if outcome is not Outcome.COMPLETED:
+        return None
+    if group.restarted is not None:
+        return True
+    if group.lost is not None:
+        return False
+    if state is None or state.awaiting_restart or state.failing:
+        return None
+    return True  # answering again, though no restart was seen
+
+
+# --- audit verify ---------------------------------------------------------------
+
+NOT_JSON: Final = "not JSON"
+NO_PREVHASH: Final = "no prevhash (not a chained audit line)"
+CHANGED: Final = "hash does not match the next line's prevhash (this line was changed)"
+REMOVED_OR_REORDERED: Final = "line removed or reordered"
+ANCHOR_MISMATCH: Final = "prevhash does not match the expected anchor"
+LAST_MISMATCH: Final = (
+    "does not match the journal's last recorded hash "
+    "(this line was changed, or lines after it removed)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFault:
+    """The first audit line that does not fit the chain."""
+
+    file: Path
+    #: 1-based line number in ``file``.
+    line: int
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"file", "line", "reason"}``."""
+        return {"file": str(self.file), "line": self.line, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class AuditVerdict:
+    """The result of :func:`verify_audit`."""
+
+    ok: bool
+    #: Lines that chained before the first bad one (all of them when ``ok``).
+    lines: int
+    first_bad: AuditFault | None = None
+    #: The first line's ``prevhash``: 64 zeros for a log verified from its start,
+    #: else the hash of the last line of the file rotated away before it.
+    anchor: str | None = None
+    #: The SHA-256 of the last line read (what the next line must carry).
+    last_hash: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The stable JSON form (module docstring)."""
+        return {
+            "ok": self.ok,
+            "lines": self.lines,
+            "anchor": self.anchor,
+            "last_hash": self.last_hash,
+            "first_bad": None if self.first_bad is None else self.first_bad.to_json(),
+        }
+
+    def summary(self) -> str:
+        """One line for a terminal."""
+        if self.first_bad is None:
+            return f"audit log intact: {self.lines} lines chain (anchor {self.anchor})"
+        bad = self.first_bad
+        return (
+            f"audit log NOT intact: {bad.file}:{bad.line}: {bad.reason} "
+            f"({self.lines} lines chained before it)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Line:
+    file: Path
+    number: int
+    raw: bytes
+    digest: str
+
+
+def verify_audit(
+    paths: Sequence[Path],
+    *,
+    anchor: str | None = None,
+    expect_last_hash: str | None = None,
+) -> AuditVerdict:
+    """Check the audit log's hash chain across files given oldest first.
+
+    Each line's ``prevhash`` must be the SHA-256 of the line before it (across file
+    boundaries). The first line chains from ``anchor`` if given, else from whatever
+    it carries (reported as ``anchor``), so one rotated file can be checked alone.
+
+    A break is named at the line that explains it: a line whose ``prevhash`` is the
+    hash of another line, or whose ``auditseq`` does not follow the previous one,
+    means lines were removed or reordered there; otherwise the line before it was
+    changed. The chain alone cannot show a changed (or removed) *last* line: pass
+    ``expect_last_hash`` (:meth:`Journal.audit_position`) to check that too.
+
+    Raises:
+        OSError: A file cannot be read.
+    """
+    lines = _read_lines(paths)
+    if not lines:
+        return AuditVerdict(ok=True, lines=0, anchor=anchor)
+    first_at = {line.digest: i for i, line in reversed(list(enumerate(lines)))}
+
+    def bad(i: int, reason: str) -> AuditVerdict:
+        line = lines[i]
+        return AuditVerdict(
+            ok=False,
+            lines=i,
+            first_bad=AuditFault(line.file, line.number, reason),
+            anchor=found_anchor,
+            last_hash=lines[i - 1].digest if i > 0 else None,
+        )
+
+    found_anchor = anchor
+    previous_index: int | None = None
+    for i, line in enumerate(lines):
+        obj = _json_object(line.raw)
+        if obj is None:
+            return bad(i, NOT_JSON)
+        prevhash = obj.get(PREVHASH_KEY)
+        if not isinstance(prevhash, str):
+            return bad(i, NO_PREVHASH)
+        index = obj.get(AUDITSEQ_KEY)
+        index = (
+            index if isinstance(index, int) and not isinstance(index, bool) else None
+        )
+        if i == 0:
+            if anchor is not None and prevhash != anchor:
+                return bad(i, ANCHOR_MISMATCH)
+            found_anchor = prevhash
+        elif prevhash != lines[i - 1].digest:
+            elsewhere = first_at.get(prevhash)
+            if elsewhere is not None and elsewhere != i - 1:
+                return bad(i, REMOVED_OR_REORDERED)
+            if (
+                index is not None
+                and previous_index is not None
+                and index != previous_index + 1
+            ):
+                return bad(i, REMOVED_OR_REORDERED)
+            return bad(i - 1, CHANGED)
+        previous_index = index
+    last = len(lines) - 1
+    if (
+        expect_last_hash is not None
+        and lines[last].digest != expect_last_hash
+        and expect_last_hash not in first_at  # the daemon may have appended since
+    ):
+        return bad(last, LAST_MISMATCH)
+    return AuditVerdict(
+        ok=True, lines=len(lines), anchor=found_anchor, last_hash=lines[last].digest
+    )
+
+
+def _read_lines(paths: Sequence[Path]) -> list[_Line]:
+    out = []
+    for path in paths:
+        raw_lines = path.read_bytes().split(b"\n")
+        if raw_lines and raw_lines[-1] == b"":
+            raw_lines.pop()
+        for number, raw in enumerate(raw_lines, start=1):
+            digest = hashlib.sha256(raw).hexdigest()
+            out.append(_Line(path, number, raw, digest))
+    return out
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(raw)
+    except ValueError:  # incl. UnicodeDecodeError
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+# --- rendering ------------------------------------------------------------------
+
+
+def render_table(
+    rows: Sequence[TableRow], *, console_file: TextIO, color: bool
+) -> None:
+    """Print rows as a table: rich with colour when ``color``, else plain text.
+
+    Plain text is aligned columns separated by two spaces, for pipes and tests.
+    """
+    if not rows:
+        print("(nothing to show)", file=console_file)
+        return
+    headers = type(rows[0]).HEADERS
+    if color:
+        try:
+            _render_rich(rows, headers, console_file)
+        except ImportError:
+            pass
+        else:
+            return
+    table = [headers, *(row.cells() for row in rows)]
+    widths = [max(len(r[c]) for r in table) for c in range(len(headers))]
+    for r in table:
+        text = "  ".join(
+            cell.ljust(width) for cell, width in zip(r, widths, strict=True)
+        )
+        print(text.rstrip(), file=console_file)
+
+
+def _render_rich(
+    rows: Sequence[TableRow], headers: tuple[str, ...], console_file: TextIO
+) -> None:
+    from rich import box  # optional: plain text when rich is missing
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE, header_style="bold")
+    for header in headers:
+        table.add_column(header)
+    for row in rows:
+        table.add_row(*row.cells(), style=row.style() or None)
+    console = Console(file=console_file, force_terminal=True, highlight=False)
+    console.print(table)
+
+
+def render_follow(view: FollowView, *, console_file: TextIO, color: bool) -> None:
+    """Print a follow view: the phases so far, the current one and the outcome."""
+    lines: list[tuple[str, str]] = []
+    head = f"{view.server}: "
+    if view.restore_id is None:
+        lines.append((head + f"no restore seen ({view.health})", ""))
+    else:
+        lines.append((head + f"restore {view.restore_id[:8]} ({view.outcome})", "bold"))
+    for p in view.phases:
+        mark = " (inferred)" if p.inferred else ""
+        current = p.duration is None and view.outcome in (
+            Outcome.RUNNING,
+            Outcome.STALLED,
+        )
+        lasted = "now" if current else _duration_text(p.duration)
+        text = f"  {int(p.phase)}/{_LAST_CODE} {p.phase.name}{mark}"
+        lines.append(
+            (
+                f"{text:<40} {_time_text(p.entered_at)}  {lasted}",
+                "dim" if p.inferred else "",
+            )
+        )
+    if view.outcome in (Outcome.RUNNING, Outcome.STALLED) and view.current_phase:
+        lines.append(
+            (
+                f"  in {view.current_phase.name} since {_time_text(view.current_since)}",
+                _STYLES[view.outcome],
+            )
+        )
+    if view.outcome is Outcome.FAILED:
+        lines.append((f"  failed: {view.reason or 'no reason recorded'}", "bold red"))
+    if view.outcome is Outcome.COMPLETED:
+        back = {
+            True: "server back",
+            False: "server did NOT come back",
+            None: "waiting for the restart",
+        }
+        style = {True: "green", False: "bold red", None: "yellow"}
+        lines.append(
+            (
+                f"  completed at {_time_text(view.ended_at)}; {back[view.server_back]}",
+                style[view.server_back],
+            )
+        )
+    if color:
+        try:
+            from rich.console import Console
+            from rich.text import Text
+        except ImportError:
+            pass
+        else:
+            console = Console(file=console_file, force_terminal=True, highlight=False)
+            for text, style_name in lines:
+                console.print(Text(text, style=style_name))
+            return
+    for text, _ in lines:
+        print(text, file=console_file)
+
+
+# --- helpers --------------------------------------------------------------------
+
+
+def _states(journal: Journal) -> dict[str, ServerState]:
+    return {
+        name: ServerState.from_dict(d, at=_REFERENCE_AT, monotonic=0.0)
+        for name, d in journal.load_states().items()
+    }
+
+
+def _phase(e: Event) -> Phase | None:
+    name = e.data.get("phase")
+    return Phase.from_status(name) if isinstance(name, str) else None
+
+
+def _name(phase: Phase | None) -> str | None:
+    return None if phase is None else phase.name
+
+
+def _time(at: datetime | None) -> str | None:
+    return None if at is None else format_time(at)
+
+
+def _time_text(at: datetime | None) -> str:
+    return "-" if at is None else at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _seconds(delta: Any) -> float:
+    return round(float(delta.total_seconds()), 3)
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _float(value: object) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def _duration_text(seconds: float | None) -> str:
+    """``0.4s``, ``12s``, ``2m05s``, ``1h02m``; ``-`` for none."""
+    if seconds is None:
+        return "-"
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
