@@ -12,8 +12,8 @@ Liveness: :class:`Heartbeat` is a task that stamps a monotonic reading every sec
 ``/healthz`` answers 503 when that stamp is too old. If the loop is wedged for good,
 the HTTP server on that same loop cannot answer either (the probe times out, which
 is its own answer); the heartbeat catches partial starvation and a dead heartbeat
-task. The real guard against a wedged loop is systemd's ``WatchdogSec=``, pinged
-from the same loop (``watcher.notify``).
+task. The real guard against a wedged loop is systemd's ``WatchdogSec=``, which the
+daemon pings from the same loop (``watcher.notify``).
 """
 
 from __future__ import annotations
@@ -82,15 +82,18 @@ class Health(StrEnum):
 def health_label(state: ServerState) -> Health:
     """Return one word for a server's health (``Health`` is a ``str``).
 
-    Rejected credentials win (nothing else is known until they are fixed); a failing
-    server is ``restarting`` while a restart is expected after a restore, else
-    ``unreachable``; a server never answered is ``unknown``.
+    Rejected credentials win (nothing else is known until they are fixed); after a
+    restore the server is ``restarting`` until it is back, or ``unreachable`` once
+    that took long enough to be reported; a failing server is ``unreachable``; one
+    never heard from is ``unknown``. Same rules as ``views.health_of`` (the CLI).
     """
     if state.auth_failed:
         return Health.AUTH_FAILED
+    if state.awaiting_restart and not state.unreachable_reported:
+        return Health.RESTARTING
     if state.failing:
-        return Health.RESTARTING if state.awaiting_restart else Health.UNREACHABLE
-    if state.phase is None:
+        return Health.UNREACHABLE
+    if state.phase is None and state.last_ok_at is None:
         return Health.UNKNOWN
     return Health.OK
 
@@ -433,7 +436,8 @@ def _server_families(snapshot: Snapshot) -> list[Metric]:
     )
     phase = GaugeMetricFamily(
         _name("phase"),
-        "Current restore phase code per server (0 IDLE .. 7 COMPLETED).",
+        "Restore phase code per server (0 IDLE .. 7 COMPLETED); absent before "
+        "the first answer.",
         labels=["server"],
     )
     health = GaugeMetricFamily(

@@ -94,7 +94,17 @@ def test_is_loopback(host: str, expected: bool):
     [
         (ServerState(), Health.UNKNOWN),
         (ServerState(phase=Phase.IDLE, last_ok_at=T0), Health.OK),
-        (ServerState(phase=Phase.COMPLETED, awaiting_restart=True), Health.OK),
+        (ServerState(last_ok_at=T0), Health.OK),
+        (ServerState(phase=Phase.COMPLETED, awaiting_restart=True), Health.RESTARTING),
+        (
+            ServerState(
+                phase=Phase.COMPLETED,
+                awaiting_restart=True,
+                consecutive_failures=9,
+                unreachable_reported=True,
+            ),
+            Health.UNREACHABLE,
+        ),
         (ServerState(phase=Phase.IDLE, consecutive_failures=1), Health.UNREACHABLE),
         (ServerState(consecutive_failures=3), Health.UNREACHABLE),
         (
@@ -111,7 +121,7 @@ def test_is_loopback(host: str, expected: bool):
     ],
 )
 def test_health_label(state: ServerState, expected: Health):
-    """Auth failure wins, failing splits into restarting/unreachable, else ok/unknown."""
+    """Auth failure wins; an expected restart until reported overdue; failing; unknown."""
     label = health_label(state)
     assert label is expected
     assert isinstance(label, str)

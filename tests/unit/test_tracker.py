@@ -844,3 +844,383 @@ def test_from_dict_rejects_garbage(bad: dict[str, Any]) -> None:
 def test_from_dict_empty_is_fresh() -> None:
     """An empty dict (every key missing) is a fresh state, marked resumed."""
     assert ServerState.from_dict({}, at=T0, monotonic=0.0) == ServerState(resumed=True)
+
+
+# --- resuming after the watcher's own downtime (issue #3) ------------------------
+
+#: When the new process loads the saved state (and polls for the first time).
+T_RESUME = 500.0
+
+
+def resumed_after(observations: Iterable[Observation]) -> ServerState:
+    """The state a first process saved after ``observations``, loaded at T_RESUME."""
+    before, _, _ = feed(observations)
+    saved = json.loads(json.dumps(before.to_dict()))
+    return ServerState.from_dict(saved, at=at(T_RESUME), monotonic=MONO0 + T_RESUME)
+
+
+def first(phase: Phase, result: int | None = None) -> Observation:
+    """The new process's first poll, at T_RESUME (a fresh login: no relogin)."""
+    return ok(T_RESUME, phase, result=result)
+
+
+def completed_while_down(prev: Phase, back: Phase) -> list[Brief]:
+    """The phases after ``prev`` inferred, COMPLETED inferred, then the restart."""
+    return [
+        *(ph(Phase(c), True) for c in range(prev + 1, DONE + 1)),
+        COMPLETED_INFERRED,
+        restarted(back),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("saved", "after", "expected"),
+    [
+        pytest.param(seq(IDLE, KEYS), [first(KEYS)], [], id="same-phase-no-gap"),
+        pytest.param(seq(IDLE), [first(IDLE)], [], id="idle-stays-idle"),
+        pytest.param(
+            seq(IDLE, KEYS),
+            [first(CLEAN)],
+            [ph(DBS, True), ph(CLEAN, False)],
+            id="later-phase",
+        ),
+        pytest.param(
+            seq(IDLE, KEYS),
+            [first(DONE, result=0)],
+            [ph(DBS, True), ph(CLEAN, True), ph(DONE, False), COMPLETED],
+            id="later-completed",
+        ),
+        pytest.param(
+            seq(IDLE, CLEAN),
+            [first(IDLE, result=-1)],
+            completed_while_down(CLEAN, IDLE),
+            id="cleanup-idle-result-reset",
+        ),
+        pytest.param(
+            seq(IDLE, CLEAN),
+            [first(IDLE)],
+            completed_while_down(CLEAN, IDLE),
+            id="cleanup-idle-result-unavailable",
+        ),
+        pytest.param(
+            seq(IDLE, CLEAN),
+            [first(IDLE, result=0)],
+            [ph(DONE, True), COMPLETED_INFERRED],
+            id="cleanup-idle-completed-restart-pending",
+        ),
+        pytest.param(
+            seq(IDLE, CLEAN),
+            [first(IDLE, result=1)],
+            [failed(CLEAN)],
+            id="cleanup-idle-result-failed",
+        ),
+        pytest.param(
+            [*seq(IDLE, CLEAN), down(20), down(25)],
+            [first(IDLE)],
+            completed_while_down(CLEAN, IDLE),
+            id="cleanup-gone-then-down-then-idle",
+        ),
+        pytest.param(
+            seq(IDLE, DBS),
+            [first(IDLE, result=-1)],
+            completed_while_down(DBS, IDLE),
+            id="earlier-phase-result-reset",
+        ),
+        pytest.param(
+            seq(IDLE, DBS),
+            [first(IDLE, result=0)],
+            [ph(CLEAN, True), ph(DONE, True), COMPLETED_INFERRED],
+            id="earlier-phase-result-success",
+        ),
+        pytest.param(
+            seq(IDLE, DBS),
+            [first(IDLE, result=1)],
+            [failed(DBS)],
+            id="earlier-phase-result-failure",
+        ),
+        pytest.param(
+            seq(IDLE, DBS),
+            [first(IDLE)],
+            [failed(DBS)],
+            id="earlier-phase-result-unavailable",
+        ),
+        pytest.param(
+            seq(IDLE, DBS),
+            [down(T_RESUME), down(T_RESUME + 5), ok(T_RESUME + 10, IDLE, result=-1)],
+            completed_while_down(DBS, IDLE),
+            id="first-successful-observation-decides",
+        ),
+        pytest.param(
+            seq(IDLE, DBS),
+            [first(TEMP, result=-1)],
+            [*completed_while_down(DBS, TEMP), *inferred_up_to(TEMP)],
+            id="backwards-result-reset",
+        ),
+        pytest.param(
+            seq(IDLE, DBS),
+            [first(TEMP, result=1)],
+            [failed(DBS), *inferred_up_to(TEMP)],
+            id="backwards-result-failure",
+        ),
+        pytest.param(
+            seq(IDLE, CLEAN),
+            [first(CONF)],
+            [*completed_while_down(CLEAN, CONF), *inferred_up_to(CONF)],
+            id="backwards-from-cleanup",
+        ),
+        pytest.param(
+            seq(IDLE, DONE),
+            [first(IDLE, result=-1)],
+            [restarted(IDLE)],
+            id="awaiting-restart-idle",
+        ),
+        pytest.param(
+            seq(IDLE, DONE),
+            [first(IDLE)],
+            [restarted(IDLE)],
+            id="awaiting-restart-idle-result-unavailable",
+        ),
+        pytest.param(
+            seq(IDLE, DONE),
+            [first(IDLE, result=0)],
+            [],
+            id="awaiting-restart-idle-not-restarted-yet",
+        ),
+        pytest.param(
+            seq(IDLE, DONE),
+            [first(DONE, result=0)],
+            [],
+            id="awaiting-restart-still-completed",
+        ),
+        pytest.param(
+            seq(IDLE, DONE),
+            [first(CONF, result=-1)],
+            [restarted(CONF), *inferred_up_to(CONF)],
+            id="awaiting-restart-new-restore",
+        ),
+        pytest.param(
+            seq(IDLE, DONE, IDLE),
+            [first(IDLE)],
+            [],
+            id="completed-long-ago",
+        ),
+    ],
+)
+def test_resume_sequences(
+    saved: list[Observation], after: list[Observation], expected: list[Brief]
+) -> None:
+    """The first answer after the daemon's downtime settles what the gap hid."""
+    last, before, _ = feed(saved)
+    state, events, steps = feed(after, resumed_after(saved))
+    assert brief(events) == expected
+    assert not state.resumed
+    # Nothing the first process emitted is emitted again.
+    assert not {e.id for e in before} & {e.id for e in events}
+    if state.phase is last.phase and not expected:
+        # No gap to speak of: not even a journal write.
+        assert [s.save for s in steps] == [False] * len(steps)
+
+
+@pytest.mark.parametrize(
+    ("saved", "after", "awaiting"),
+    [
+        pytest.param(seq(IDLE, CLEAN), [first(IDLE, result=0)], True, id="pending"),
+        pytest.param(seq(IDLE, CLEAN), [first(IDLE, result=-1)], False, id="reset"),
+        pytest.param(seq(IDLE, DONE), [first(IDLE, result=0)], True, id="not-yet"),
+        pytest.param(seq(IDLE, DONE), [first(DONE, result=0)], True, id="completed"),
+        pytest.param(seq(IDLE, DBS), [first(IDLE, result=1)], False, id="failed"),
+    ],
+)
+def test_resume_leaves_restart_expected(
+    saved: list[Observation], after: list[Observation], awaiting: bool
+) -> None:
+    """A restore found completed with restore/result 0 still awaits its restart."""
+    state, _, _ = feed(after, resumed_after(saved))
+    assert not state.restore_active
+    assert state.awaiting_restart is awaiting
+
+
+def test_restart_pending_after_resume_is_seen() -> None:
+    """While still IDLE, the pending restart is awaited; when it comes, it is reported."""
+    state = resumed_after(seq(IDLE, DBS))
+    later = [
+        first(IDLE, result=0),
+        ok(T_RESUME + 10, IDLE),
+        down(T_RESUME + 20),
+        ok(T_RESUME + 30, IDLE, relogin=True),
+    ]
+    state, events, _ = feed(later, state)
+    assert brief(events) == [
+        ph(CLEAN, True),
+        ph(DONE, True),
+        COMPLETED_INFERRED,
+        restarted(IDLE),
+    ]
+    assert events[-1].data["during_watcher_downtime"] is False
+    assert events[-1].data["down_for"] == 10.0
+    assert not state.awaiting_restart
+
+
+def test_restart_pending_after_resume_gives_up_after_restart_timeout() -> None:
+    """A pending restart that never comes stops being awaited after restart_timeout."""
+    state = resumed_after(seq(IDLE, DONE))
+    later = [
+        first(IDLE, result=0),
+        ok(T_RESUME + 300, IDLE),  # exactly restart_timeout: still waiting
+        ok(T_RESUME + 301, IDLE),
+    ]
+    state, events, steps = feed(later, state)
+    assert events == []
+    assert [s.state.awaiting_restart for s in steps] == [True, True, False]
+    assert [s.save for s in steps] == [True, False, True]
+
+
+def test_resume_completion_data() -> None:
+    """Completion and restart across the downtime say so and carry the hint."""
+    state = resumed_after(seq(IDLE, DBS))
+    _, events, _ = feed([first(IDLE, result=-1)], state)
+    rid = stable_id(SERVER, "restore", ts(10))
+    clean, done, completed, restart = events
+    assert dict(clean.data) == {
+        "server": SERVER,
+        "restore_id": rid,
+        "phase": "CLEANUP",
+        "code": 6,
+        "previous_phase": "RESTORE_DATABASES",
+        "inferred": True,
+        "poll_at": ts(T_RESUME),
+        "previous_poll_at": ts(10),
+    }
+    assert done.data["previous_phase"] == "CLEANUP"
+    assert dict(completed.data) == {
+        "server": SERVER,
+        "restore_id": rid,
+        "phase": "COMPLETED",
+        "code": 7,
+        "inferred": True,
+        "started_at": ts(10),
+        "duration": T_RESUME - 10,
+        "result": -1,
+        "seen_at_startup": False,
+        "during_watcher_downtime": True,
+        "timeline": [
+            _visit(INIT, True, 10, 0.0),
+            _visit(TEMP, True, 10, 0.0),
+            _visit(CONF, True, 10, 0.0),
+            _visit(KEYS, True, 10, 0.0),
+            _visit(DBS, False, 10, T_RESUME - 10),
+            _visit(CLEAN, True, T_RESUME, 0.0),
+            _visit(DONE, True, T_RESUME, None),
+        ],
+    }
+    assert dict(restart.data) == {
+        "server": SERVER,
+        "restore_id": rid,
+        "down_for": None,
+        "phase": "IDLE",
+        "late": False,
+        "result": -1,
+        "during_watcher_downtime": True,
+    }
+
+
+def test_resume_restart_after_reported_outage_is_late() -> None:
+    """An outage reported before the crash recovers, then the restart is late."""
+    saved = [*seq(IDLE, DONE), down(20), down(400)]  # beyond restart_timeout
+    _, before, _ = feed(saved)
+    assert brief(before)[-1] == ("server.unreachable", "COMPLETED", None)
+    _, events, _ = feed([first(IDLE, result=-1)], resumed_after(saved))
+    assert brief(events) == [("server.recovered", "IDLE", None), restarted(IDLE)]
+    assert events[0].data["down_for"] == T_RESUME - 20
+    assert events[1].data["late"] is True
+    assert events[1].data["down_for"] is None
+    assert events[1].data["during_watcher_downtime"] is True
+
+
+@pytest.mark.parametrize(
+    ("after", "reason"),
+    [
+        pytest.param(
+            first(IDLE, result=1),
+            "the restore failed while the watcher was down (restore/result reports "
+            "1, failure)",
+            id="failed",
+        ),
+        pytest.param(
+            first(IDLE),
+            "the restore ended while the watcher was down; outcome unknown "
+            "(restore/result unavailable)",
+            id="unavailable",
+        ),
+        pytest.param(
+            first(IDLE, result=2),
+            "the restore ended while the watcher was down; outcome unknown "
+            "(restore/result reports 2)",
+            id="unexpected-result",
+        ),
+        pytest.param(
+            first(TEMP, result=1),
+            "the restore failed while the watcher was down (restore/result reports "
+            "1, failure); a new restore is running, now in CREATE_TEMP_DIR",
+            id="new-restore",
+        ),
+    ],
+)
+def test_resume_failed_reason(after: Observation, reason: str) -> None:
+    """A restore that ended unseen and not successfully says why it is failed."""
+    _, events, _ = feed([after], resumed_after(seq(IDLE, KEYS)))
+    (fail,) = [e for e in events if e.type is EventType.RESTORE_FAILED]
+    assert fail.data["reason"] == reason
+    assert fail.data["result"] == after.result
+    assert fail.data["during_watcher_downtime"] is True
+    assert fail.data["phase"] == "RESTORE_KEYSTORES"
+
+
+@pytest.mark.parametrize(
+    ("saved", "seen", "after"),
+    [
+        pytest.param(
+            seq(IDLE, CLEAN),
+            [down(20), ok(30, IDLE, relogin=True)],
+            [first(IDLE, result=-1)],
+            id="completed-and-restarted",
+        ),
+        pytest.param(
+            seq(IDLE, DBS),
+            [ok(20, IDLE, result=1)],
+            [first(IDLE, result=1)],
+            id="failed",
+        ),
+        pytest.param(
+            seq(IDLE, DONE),
+            [down(20), ok(30, IDLE)],
+            [first(IDLE, result=-1)],
+            id="restarted",
+        ),
+    ],
+)
+def test_resume_derives_the_ids_an_uninterrupted_run_gives(
+    saved: list[Observation], seen: list[Observation], after: list[Observation]
+) -> None:
+    """An ending derived after a crash has the id it had if seen, so it is deduped."""
+    _, watched, _ = feed([*saved, *seen])
+    _, before, _ = feed(saved)
+    _, derived, _ = feed(after, resumed_after(saved))
+    ending = [e for e in watched if e not in before]
+    assert [e.id for e in derived] == [e.id for e in ending]
+    assert [e.type for e in derived] == [e.type for e in ending]
+
+
+def test_resumed_flag_is_process_local() -> None:
+    """Loading marks the state resumed; failures keep it; the first answer clears it."""
+    state = resumed_after(seq(IDLE, KEYS))
+    assert state.resumed
+    assert "resumed" not in state.to_dict()
+    failing = step(CONFIG, state, down(T_RESUME))
+    assert failing.state.resumed
+    answered = step(CONFIG, failing.state, ok(T_RESUME + 5, KEYS))
+    assert not answered.state.resumed
+    # Clearing the flag alone is no reason to write the journal.
+    quiet = step(CONFIG, state, first(KEYS))
+    assert not quiet.state.resumed
+    assert quiet == Step(state=replace(state, resumed=False, last_ok_at=at(T_RESUME)))
