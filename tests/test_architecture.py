@@ -36,7 +36,7 @@ ALLOWED: dict[str, set[str]] = {
     },
     "dispatcher": {"journal", "sinks", "events", "config", "errors"},
     "simulator": {"phases"},
-    "service": {"tracker", "events", "phases", "config", "errors", "scheduler"},
+    "service": {"tracker", "events", "phases", "config", "errors"},
     "daemon": {
         "errors",
         "phases",
@@ -51,6 +51,7 @@ ALLOWED: dict[str, set[str]] = {
         "dispatcher",
         "logs",
         "notify",
+        "service",
     },
     "views": {"journal", "events", "phases", "tracker", "config", "errors"},
     "demo": {"simulator", "daemon", "config", "events", "phases", "errors", "journal"},
@@ -77,7 +78,13 @@ def _imports(path: Path) -> set[str]:
                 raise AssertionError(f"{path}: use absolute imports (watcher.x)")
             names = [node.module]
             if node.module == "watcher":
-                names = [f"watcher.{alias.name}" for alias in node.names]
+                # `from watcher import x`: a module, or a name like __version__.
+                names = [
+                    f"watcher.{alias.name}"
+                    for alias in node.names
+                    if (PACKAGE / f"{alias.name}.py").exists()
+                    or (PACKAGE / alias.name).is_dir()
+                ]
         for name in names:
             parts = name.split(".")
             if parts[0] == "watcher" and len(parts) > 1:

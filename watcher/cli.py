@@ -521,13 +521,61 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     names = [s.name for s in config.servers]
-    with _open_journal(config) as journal:
-        rows = views.fleet_status(journal, datetime.now(UTC), names)
+    now = datetime.now(UTC)
+    rows = _status_from_daemon(config.watcher.listen, now)
+    if rows is None:
+        # No daemon listening: the state database (saved on every transition).
+        with _open_journal(config) as journal:
+            rows = views.fleet_status(journal, now, names)
     if args.json:
         print(json.dumps([r.to_json() for r in rows], indent=2))
     else:
         views.render_table(rows, console_file=sys.stdout, color=_color(sys.stdout))
     return EXIT_OK
+
+
+def _status_from_daemon(listen: str | None, now: datetime) -> list[Any] | None:
+    """Rows from a running daemon's ``/status`` (fresher than the database), or None."""
+    from urllib.error import URLError
+    from urllib.request import urlopen
+
+    from watcher import views
+    from watcher.events import parse_time
+    from watcher.phases import Phase
+    from watcher.service import parse_listen
+
+    if not listen:
+        return None
+    host, port = parse_listen(listen)
+    host = f"[{host}]" if ":" in host else host
+    try:
+        with urlopen(f"http://{host}:{port}/status", timeout=2) as response:
+            document = json.loads(response.read())
+    except (URLError, OSError, ValueError):
+        return None
+
+    def at(value: Any) -> datetime | None:
+        return None if value is None else parse_time(str(value))
+
+    rows = []
+    for server in document.get("servers", []):
+        since = at(server.get("since"))
+        active = bool(server.get("restore_active"))
+        rows.append(
+            views.ServerStatusRow(
+                server=str(server["name"]),
+                health=views.Health(server["health"]),
+                phase=None if server.get("phase") is None else Phase[server["phase"]],
+                phase_since=since,
+                in_phase_for=None if since is None else (now - since).total_seconds(),
+                restore_id=server.get("restore_id"),
+                restore_active=active,
+                restore_since=at(server.get("restore_started_at")) if active else None,
+                last_ok_at=at(server.get("last_ok_at")),
+                failures=int(server.get("consecutive_failures") or 0),
+            )
+        )
+    return rows
 
 
 def _cmd_restores(args: argparse.Namespace) -> int:

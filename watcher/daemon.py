@@ -9,7 +9,7 @@ changed without losing tracker state or outbox rows.
 from __future__ import annotations
 
 import signal
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -17,14 +17,21 @@ import aiohttp
 import anyio
 import structlog
 
+from watcher import __version__
 from watcher.client import SklmClient, create_session
 from watcher.config import Config, ServerConfig, SinkConfig
 from watcher.dispatcher import Dispatcher
 from watcher.errors import ConfigError, JournalError
 from watcher.events import Event
-from watcher.journal import Journal
+from watcher.journal import Journal, OutboxSummary
 from watcher.notify import SystemdNotifier
-from watcher.scheduler import Clock, Fleet, SystemClock
+from watcher.scheduler import Clock, Fleet, SystemClock, WatchStats
+from watcher.service import (
+    Heartbeat,
+    LatencyHistogram,
+    StatusServer,
+    parse_listen,
+)
 from watcher.sinks import build_sink
 from watcher.sinks.base import Sink
 from watcher.tracker import ServerState
@@ -80,6 +87,8 @@ class JournalRecorder:
         self.wake = wake
         self.max_pending_events = max_pending_events
         self.recorded = 0
+        #: Events journaled by this process, by type (for /metrics).
+        self.by_type: Counter[str] = Counter()
         #: The error that keeps the queue from draining; None while all is written.
         self.failure: JournalError | None = None
         self._pending: deque[tuple[str, dict[str, Any], tuple[Event, ...]]] = deque()
@@ -134,6 +143,8 @@ class JournalRecorder:
                 self._pending.popleft()
                 self._pending_events -= len(events)
                 self.recorded += len(new)
+                for event in new:
+                    self.by_type[str(event.type)] += 1
                 wrote_events = wrote_events or bool(new)
             else:
                 if self.failure is not None:
@@ -181,6 +192,9 @@ class Daemon:
         self._stop: anyio.Event | None = None
         self._stop_requested = False
         self._started: anyio.Event | None = None
+        self._latency = {"ok": LatencyHistogram(), "failed": LatencyHistogram()}
+        #: Where the status endpoint listens, once it does: (host, port).
+        self.listening: tuple[str, int] | None = None
 
     async def run(self) -> None:
         """Run until :meth:`stop`, SIGTERM or SIGINT, then shut down cleanly."""
@@ -244,8 +258,17 @@ class Daemon:
                 jitter=config.watcher.jitter,
             )
             self.fleet = fleet
+            status_server: StatusServer | None = None
             try:
                 async with anyio.create_task_group() as tg:
+                    if config.watcher.listen:
+                        heartbeat = Heartbeat()
+                        tg.start_soon(heartbeat.run)
+                        status_server = StatusServer(
+                            self, version=__version__, heartbeat=heartbeat
+                        )
+                        host, port = parse_listen(config.watcher.listen)
+                        self.listening = await status_server.start(host, port)
                     fleet_scope = anyio.CancelScope()
                     tg.start_soon(self._run_fleet, fleet, fleet_scope)
                     tg.start_soon(self._run_dispatchers, journal, session)
@@ -268,6 +291,9 @@ class Daemon:
                         await dispatcher.drain(config.watcher.drain_timeout)
                     tg.cancel_scope.cancel()
             finally:
+                if status_server is not None:
+                    with anyio.CancelScope(shield=True):
+                        await status_server.close()
                 with anyio.move_on_after(LOGOUT_GRACE, shield=True):
                     async with anyio.create_task_group() as tg:
                         for client in self._clients.values():
@@ -413,7 +439,40 @@ class Daemon:
                 clients[server.name] = SklmClient(server, session)
         return clients
 
-    # --- status -------------------------------------------------------------------
+    # --- status (the StatusSource of watcher.service) ----------------------------
+
+    def states(self) -> Mapping[str, ServerState]:
+        """Every server's tracker state, in configuration order."""
+        return self.fleet.states() if self.fleet is not None else {}
+
+    def stats(self) -> Mapping[str, WatchStats]:
+        """Every server's loop counters."""
+        return self.fleet.stats() if self.fleet is not None else {}
+
+    async def outbox(self) -> Sequence[OutboxSummary]:
+        """Every sink's backlog, read from the journal in a worker thread."""
+        journal = self.journal
+        if journal is None:
+            return []
+        return await journal.call(journal.outbox_summary, self._clock.now())
+
+    def health(self) -> str | None:
+        """None when healthy, else why not (the journal cannot be written)."""
+        recorder = self.recorder
+        if recorder is not None and recorder.failure is not None:
+            return (
+                f"journal not writable: {recorder.failure.detail} "
+                f"({recorder.pending_events} events waiting in memory)"
+            )
+        return None
+
+    def events_by_type(self) -> Mapping[str, int]:
+        """Events journaled by this process, by type."""
+        return dict(self.recorder.by_type) if self.recorder is not None else {}
+
+    def poll_latency(self) -> Mapping[str, LatencyHistogram]:
+        """Poll latency histograms by outcome (``ok`` / ``failed``)."""
+        return self._latency
 
     def _status_line(self) -> str:
         return f"watching {len(self.config.servers)} servers"

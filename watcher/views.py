@@ -11,7 +11,7 @@ values ``null``.
 
 ``status`` (:class:`ServerStatusRow`)::
 
-    {"server": str, "health": "ok" | "unreachable" | "restarting" | "auth failed"
+    {"server": str, "health": "ok" | "unreachable" | "restarting" | "auth_failed"
      | "unknown", "phase": str | null, "code": int | null, "step": "k/7" | null,
      "phase_since": time | null, "in_phase_for": float | null,
      "restore_id": str | null, "restore_active": bool, "restore_since": time | null,
@@ -82,7 +82,7 @@ class Health(StrEnum):
     OK = "ok"
     UNREACHABLE = "unreachable"
     RESTARTING = "restarting"
-    AUTH_FAILED = "auth failed"
+    AUTH_FAILED = "auth_failed"
     UNKNOWN = "unknown"
 
 

@@ -148,3 +148,55 @@ def test_notify_protocol_and_reload(
     events = read_jsonl(Path(tomllib.loads(config.read_text())["watcher"]["audit_log"]))
     ids = [e["id"] for e in events]
     assert len(ids) == len(set(ids))
+
+
+def test_health_metrics_and_status_endpoints(
+    spawn, simulated_fleet, tmp_path: Path
+) -> None:
+    """`listen` serves /healthz, Prometheus /metrics and /status from the daemon."""
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    fleet = simulated_fleet("fleet20.toml")
+    config = write_subset_config(fleet, ["fleet-05", "fleet-01"], tmp_path / "w.toml")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    text = config.read_text(encoding="utf-8").replace(
+        "[watcher]\n", f'[watcher]\nlisten = "127.0.0.1:{port}"\n'
+    )
+    config.write_text(text, encoding="utf-8")
+    daemon = spawn("run", "-c", str(config))
+    base = f"http://127.0.0.1:{port}"
+
+    def get(path: str) -> tuple[int, str]:
+        with urlopen(base + path, timeout=5) as response:  # noqa: S310 - loopback
+            return response.status, response.read().decode()
+
+    def answers() -> bool:
+        try:
+            return get("/status")[0] == 200 and bool(
+                json.loads(get("/status")[1])["servers"][0]["last_poll_at"]
+            )
+        except (OSError, KeyError, IndexError):
+            return False
+
+    wait_for(answers, timeout=20, what="/status with a first poll")
+    assert get("/healthz") == (200, "ok\n")
+    status = json.loads(get("/status")[1])
+    assert [s["name"] for s in status["servers"]] == ["fleet-05", "fleet-01"]
+    assert status["healthy"] is True
+    families = {f.name: f for f in text_string_to_metric_families(get("/metrics")[1])}
+    polls = {
+        (s.labels["server"], s.labels["outcome"]): s.value
+        for s in families["sklm_watcher_polls"].samples
+        if s.name.endswith("_total")
+    }
+    assert polls[("fleet-05", "ok")] >= 1
+    phases = {
+        s.labels["server"]: s.value for s in families["sklm_watcher_phase"].samples
+    }
+    assert phases["fleet-05"] == 0
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(timeout=15) == 0, daemon.stderr()

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import json
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -392,6 +393,114 @@ async def test_restore_result_fetched_only_when_a_restore_may_have_ended(
         (EventType.RESTORE_COMPLETED, 1),
         (EventType.RESTORE_COMPLETED, 1),
     ]
+
+
+def loaded_after(*phases: Phase) -> ServerState:
+    """The state an earlier process saved after polls answering ``phases``, loaded now."""
+    config = server("a")
+    state = ServerState()
+    for i, phase in enumerate(phases):
+        t = 10.0 * i - 600.0  # ten minutes before this process started
+        observation = Observation(
+            at=START + timedelta(seconds=t), monotonic=t, phase=phase
+        )
+        state = watcher.tracker.step(config, state, observation).state
+    stored = json.loads(json.dumps(state.to_dict()))
+    return ServerState.from_dict(stored, at=START, monotonic=0.0)
+
+
+DOWN = SklmUnreachable("a", "connection refused")
+
+
+@pytest.mark.parametrize(
+    ("saved", "script", "fetched"),
+    [
+        pytest.param(
+            (Phase.IDLE, Phase.RESTORE_KEYSTORES), [Phase.IDLE], [0], id="active-idle"
+        ),
+        pytest.param(
+            (Phase.IDLE, Phase.RESTORE_KEYSTORES),
+            [Phase.CREATE_TEMP_DIR],
+            [0],
+            id="active-lower",
+        ),
+        pytest.param(
+            (Phase.IDLE, Phase.RESTORE_KEYSTORES),
+            [Phase.COMPLETED],
+            [0],
+            id="active-completed",
+        ),
+        pytest.param(
+            (Phase.IDLE, Phase.RESTORE_KEYSTORES),
+            [Phase.RESTORE_KEYSTORES],
+            [],
+            id="active-same",
+        ),
+        pytest.param(
+            (Phase.IDLE, Phase.RESTORE_KEYSTORES),
+            [Phase.CLEANUP],
+            [],
+            id="active-later",
+        ),
+        pytest.param(
+            (Phase.IDLE, Phase.RESTORE_KEYSTORES),
+            [DOWN, Phase.IDLE],
+            [1],
+            id="after-a-failure",
+        ),
+        pytest.param(
+            (Phase.IDLE, Phase.COMPLETED), [Phase.IDLE], [0], id="awaiting-idle"
+        ),
+        pytest.param(
+            (Phase.IDLE, Phase.COMPLETED),
+            [Phase.COMPLETED],
+            [0],
+            id="awaiting-completed",
+        ),
+        pytest.param((Phase.IDLE,), [Phase.IDLE], [], id="idle"),
+        pytest.param(
+            (Phase.IDLE, Phase.COMPLETED, Phase.IDLE), [Phase.IDLE], [], id="done"
+        ),
+    ],
+)
+async def test_restore_result_fetched_on_the_first_poll_after_resume(
+    clock: VirtualClock,
+    tracker: TrackerSpy,
+    saved: tuple[Phase, ...],
+    script: list[Phase | BaseException],
+    fetched: list[int],
+) -> None:
+    """After a daemon restart the first answer that may follow an unseen end gets the hint."""
+    poller = ScriptedPoller(clock, script, then=script[-1], result=-1)
+    states = {"a": loaded_after(*saved)}
+    await run_for(
+        fleet_of(clock, {"a": poller}, ListRecorder(), states=states), clock, 60
+    )
+    assert len(tracker.observations) > len(script)
+    hinted = [i for i, o in enumerate(tracker.observations) if o.result is not None]
+    assert hinted == fetched
+    assert len(poller.results_fetched_at) == len(fetched)
+    assert not tracker.steps[-1].state.resumed
+
+
+async def test_restore_completed_while_the_daemon_was_down_is_reported(
+    clock: VirtualClock, tracker: TrackerSpy
+) -> None:
+    """A restore that completed and restarted the server during downtime is recorded."""
+    poller = ScriptedPoller(clock, then=Phase.IDLE, result=-1)
+    recorder = ListRecorder()
+    states = {"a": loaded_after(Phase.IDLE, Phase.CLEANUP)}
+    await run_for(fleet_of(clock, {"a": poller}, recorder, states=states), clock, 60)
+    assert [
+        (e.type, e.data.get("during_watcher_downtime")) for e in recorder.events()
+    ] == [
+        (EventType.RESTORE_PHASE, None),
+        (EventType.RESTORE_COMPLETED, True),
+        (EventType.SERVER_RESTARTED, True),
+    ]
+    assert [e.data.get("result") for e in recorder.events()] == [None, -1, -1]
+    assert len(recorder.calls) == 1
+    assert not tracker.steps[-1].state.resumed
 
 
 async def test_recorder_called_only_when_the_step_says_save(

@@ -227,11 +227,11 @@ def test_status_json_and_text(journal: Journal) -> None:
         "last_ok_at": "2026-11-29T10:02:00.000Z",
         "failures": 0,
     }
-    assert rows[1].to_json()["health"] == "auth failed"
+    assert rows[1].to_json()["health"] == "auth_failed"
     assert plain(rows) == (
         "SERVER  HEALTH       PHASE              STEP  IN PHASE  RESTORE SINCE         LAST OK\n"
         "dr-1    ok           RESTORE_KEYSTORES  4/7   2m30s     2026-11-29 10:00:00Z  2026-11-29 10:02:00Z\n"
-        "auth-1  auth failed  -                  -     -         -                     -\n"
+        "auth-1  auth_failed  -                  -     -         -                     -\n"
     )
 
 
