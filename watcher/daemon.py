@@ -256,6 +256,7 @@ class Daemon:
                 clock,
                 states=states,
                 jitter=config.watcher.jitter,
+                on_poll=self._observe_poll,
             )
             self.fleet = fleet
             status_server: StatusServer | None = None
@@ -469,6 +470,9 @@ class Daemon:
     def events_by_type(self) -> Mapping[str, int]:
         """Events journaled by this process, by type."""
         return dict(self.recorder.by_type) if self.recorder is not None else {}
+
+    def _observe_poll(self, latency: float, answered: bool) -> None:
+        self._latency["ok" if answered else "failed"].observe(latency)
 
     def poll_latency(self) -> Mapping[str, LatencyHistogram]:
         """Poll latency histograms by outcome (``ok`` / ``failed``)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, Protocol
@@ -92,6 +92,10 @@ class Poller(Protocol):
         ...
 
 
+#: ``on_poll(latency, answered)``: a per-poll hook for metrics.
+PollObserver = Callable[[float, bool], None]
+
+
 class Recorder(Protocol):
     """Where new states and events go, durably, before anything is dispatched."""
 
@@ -143,6 +147,8 @@ class ServerWatch:
         state: The tracker state to resume from.
         rng: Source of the initial offset and jitter.
         jitter: Fraction (0..1) by which delays are spread.
+        on_poll: Called after every poll with its latency and whether it answered
+            (metrics); must be cheap.
     """
 
     def __init__(
@@ -155,6 +161,7 @@ class ServerWatch:
         state: ServerState,
         rng: random.Random,
         jitter: float,
+        on_poll: PollObserver | None = None,
     ) -> None:
         self.config = config
         self.poller = poller
@@ -170,6 +177,7 @@ class ServerWatch:
         self._rng = rng
         self._jitter = check_jitter(jitter)
         self._log = log.bind(server=config.name)
+        self._on_poll = on_poll
 
     def stats(self) -> WatchStats:
         """Return a snapshot of this loop's counters."""
@@ -251,6 +259,8 @@ class ServerWatch:
             self._log.debug(POLL_OK, phase=phase.name, latency=observation.latency)
         self.last_poll_at = at
         self.last_latency = observation.latency
+        if self._on_poll is not None:
+            self._on_poll(observation.latency, observation.failure is None)
 
         outcome = step(config, state, observation)
         # ``save`` covers every step with events; quiet polls never touch the journal.
@@ -319,6 +329,7 @@ class Fleet:
         states: Tracker states to resume from (from the journal), by server name.
         rng: Source of offsets and jitter; a fresh ``random.Random()`` when None.
         jitter: Fraction (0..1) by which delays are spread.
+        on_poll: Called after every poll with its latency and whether it answered.
 
     Raises:
         ValueError: ``jitter`` outside [0, 1], or a server without a poller.
@@ -334,8 +345,10 @@ class Fleet:
         states: Mapping[str, ServerState] | None = None,
         rng: random.Random | None = None,
         jitter: float = 0.1,
+        on_poll: PollObserver | None = None,
     ) -> None:
         self._recorder = recorder
+        self._on_poll = on_poll
         self._clock = clock
         # Spreading polls, not cryptography.
         self._rng = rng if rng is not None else random.Random()  # noqa: S311
@@ -423,6 +436,7 @@ class Fleet:
             state=state if state is not None else ServerState(),
             rng=self._rng,
             jitter=self._jitter,
+            on_poll=self._on_poll,
         )
 
     def _launch(self, tg: TaskGroup, watch: ServerWatch) -> None:

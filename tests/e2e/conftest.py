@@ -39,14 +39,15 @@ def wait_for(
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Read a JSON Lines file written by the daemon or the simulator (complete lines)."""
+    """Read the complete lines of a JSON Lines file another process is writing.
+
+    A last line without its newline is still being written: it is left for later.
+    """
     if not path.exists():
         return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            out.append(json.loads(line))
-    return out
+    text = path.read_text(encoding="utf-8")
+    complete = text[: text.rfind("\n") + 1]
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
 @dataclass
