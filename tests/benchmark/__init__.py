@@ -1,0 +1,1 @@
+"""Benchmarks run by hand (``python tests/benchmark/bench_fleet.py``); never collected."""

@@ -1,0 +1,115 @@
+"""An instrumented simulator process for the benchmarks (one slice of a fleet).
+
+``python -m tests.benchmark.simproc SCENARIO [--cert PEM --key PEM] [--ground-truth F]``
+runs :class:`watcher.simulator.Simulator` like ``sklm-watcher simulate`` does, and also
+records the monotonic arrival time of every progress GET per server (``CLOCK_MONOTONIC``
+is shared by every process on the machine, so the benchmark can compare it with its
+own readings). It prints ``listening on URL name=NAME`` per server, then ``ready``, and
+reads commands on standard input, one per line:
+
+- ``dump PATH``: write ``{"name": [arrival, ...]}`` (everything since the last dump)
+  to PATH as JSON, then print ``dumped PATH``;
+- ``restart NAME DOWN STARTING``: restart a server now (mid-restore or not);
+- ``expire NAME``: forget the server's session ids;
+- ``quit`` (or end of input): stop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import ssl
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from watcher.simulator import SimulatedServer, Simulator, load_scenario
+
+_arrivals: defaultdict[str, list[float]] = defaultdict(list)
+_original_handle = SimulatedServer._handle
+
+
+async def _counting_handle(
+    self: SimulatedServer, request: web.BaseRequest
+) -> web.StreamResponse:
+    if request.method == "GET" and request.path.endswith("/progress"):
+        _arrivals[self.name].append(time.monotonic())
+    return await _original_handle(self, request)
+
+
+def _say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+async def _commands(simulator: Simulator) -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), sys.stdin
+    )
+    while True:
+        raw = await reader.readline()
+        if not raw:
+            return
+        words = raw.decode().split()
+        if not words:
+            continue
+        match words:
+            case ["quit"]:
+                return
+            case ["dump", path]:
+                data: dict[str, Any] = dict(_arrivals)
+                _arrivals.clear()
+                Path(path).write_text(json.dumps(data), encoding="utf-8")
+                _say(f"dumped {path}")
+            case ["restart", name, down, starting]:
+                asyncio.ensure_future(  # noqa: RUF006 - fire and forget, by design
+                    simulator.server(name).restart(float(down), float(starting))
+                )
+            case ["expire", name]:
+                simulator.server(name).expire_sessions()
+            case _:
+                _say(f"unknown command {words!r}")
+
+
+async def _main(args: argparse.Namespace) -> None:
+    setattr(SimulatedServer, "_handle", _counting_handle)  # noqa: B010 - instrumentation
+    scenario = load_scenario(args.scenario)
+    context: ssl.SSLContext | None = None
+    if args.cert is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.cert, args.key)
+    simulator = Simulator(scenario, ssl_context=context, ground_truth=args.ground_truth)
+    await simulator.start()
+    try:
+        lines = [f"listening on {url} name={name}" for name, url in simulator.urls.items()]
+        sys.stdout.write("\n".join([*lines, "ready"]) + "\n")
+        sys.stdout.flush()
+        await _commands(simulator)
+    finally:
+        await simulator.close()
+
+
+def main() -> None:
+    """Parse the arguments and run until ``quit`` or end of input."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("scenario", type=Path)
+    parser.add_argument("--cert", type=Path)
+    parser.add_argument("--key", type=Path)
+    parser.add_argument("--ground-truth", type=Path)
+    parser.add_argument("--uvloop", action="store_true")
+    args = parser.parse_args()
+    if args.uvloop:
+        importlib.import_module("uvloop").install()
+    asyncio.run(_main(args))
+
+
+if __name__ == "__main__":
+    main()
