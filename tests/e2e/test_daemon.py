@@ -238,3 +238,18 @@ def test_once_json_reports_every_server(spawn, simulated_fleet) -> None:
     assert rows["fleet-08"]["error_kind"] == "SklmAuthError"
     assert rows["fleet-08"]["phase"] is None
     assert "fleet-password" not in once.stdout() + once.stderr()
+
+
+def test_a_second_daemon_on_the_same_state_dir_refuses(spawn, simulated_fleet) -> None:
+    """Two daemons on one state directory: the second exits 1 naming the first's pid."""
+    fleet = simulated_fleet("basic.toml")
+    first = run_daemon(spawn, fleet)
+    wait_for(
+        lambda: "daemon.started" in first.stderr(), timeout=20, what="the first daemon"
+    )
+    second = spawn("run", "-c", str(fleet.config))
+    assert second.wait(timeout=20) == 1
+    assert str(first.popen.pid) in second.stderr()
+    assert first.popen.poll() is None
+    first.signal(signal.SIGTERM)
+    assert first.wait(timeout=15) == 0

@@ -1064,3 +1064,37 @@ def test_audit_position_survives_a_restart(paths: Paths) -> None:
     assert position == journal_module.AuditPosition(
         seq=4, index=4, hash=hashlib.sha256(last.encode()).hexdigest()
     )
+
+
+def test_corrupt_database_is_a_clear_error_and_is_left_alone(paths: Paths) -> None:
+    """Garbage where the database should be: a JournalError, and the file untouched."""
+    paths.state_dir.mkdir(parents=True)
+    garbage = b"this is not SQLite at all\x00" * 200
+    paths.db.write_bytes(garbage)
+
+    with pytest.raises(JournalError) as caught:
+        paths.open()
+    assert str(paths.db) in str(caught.value)
+    assert "file is not a database" in str(caught.value)
+    assert paths.db.read_bytes() == garbage
+
+
+def test_database_locked_by_another_process_is_a_clear_error(paths: Paths) -> None:
+    """Another process holding a write lock on the database: an error, no data lost."""
+    with paths.open() as first:
+        first.record("s1", {}, [event("s1", 1)])
+    blocker = sqlite3.connect(paths.db, timeout=0)
+    blocker.execute("BEGIN EXCLUSIVE")
+
+    def open_and_record() -> None:
+        with paths.open() as j:
+            j.record("s1", {}, [event("s1", 2)])
+
+    try:
+        with pytest.raises(JournalError, match="locked"):
+            open_and_record()
+    finally:
+        blocker.rollback()
+        blocker.close()
+    with paths.open() as again:
+        assert [e.id for e in again.events()] == [event("s1", 1).id]
