@@ -19,13 +19,14 @@ import structlog
 
 from watcher import __version__
 from watcher.client import SklmClient, create_session
+from watcher.clock import Clock, SystemClock
 from watcher.config import Config, ServerConfig, SinkConfig
 from watcher.dispatcher import Dispatcher
 from watcher.errors import ConfigError, JournalError
 from watcher.events import Event
 from watcher.journal import Journal, OutboxSummary
 from watcher.notify import SystemdNotifier
-from watcher.scheduler import Clock, Fleet, SystemClock, WatchStats
+from watcher.scheduler import Fleet, WatchStats
 from watcher.service import (
     Heartbeat,
     LatencyHistogram,

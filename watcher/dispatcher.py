@@ -37,10 +37,11 @@ import anyio
 import structlog
 import tenacity
 
+from watcher.clock import Clock
 from watcher.config import SinkConfig
 from watcher.errors import DeliveryError
 from watcher.journal import OutboxRow
-from watcher.sinks.base import Clock, Sink
+from watcher.sinks.base import Sink
 
 if TYPE_CHECKING:
     from tenacity import RetryCallState

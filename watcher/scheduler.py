@@ -10,10 +10,9 @@ one server's bug never stops another server's polls.
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Final, Protocol
 
 import anyio
@@ -22,6 +21,7 @@ from anyio.abc import TaskGroup
 
 from watcher.cadence import Cadence, after_crash, check_jitter, initial_delay, next_poll
 from watcher.client import PollResult
+from watcher.clock import Clock
 from watcher.config import ServerConfig
 from watcher.errors import (
     SklmAuthError,
@@ -42,38 +42,6 @@ WATCH_CRASHED: Final = "watch.crashed"
 WATCH_STARTED: Final = "watch.started"
 WATCH_STOPPED: Final = "watch.stopped"
 LOGOUT_FAILED: Final = "watch.logout_failed"
-
-
-class Clock(Protocol):
-    """Where the scheduler gets time (tests inject a virtual clock)."""
-
-    def now(self) -> datetime:
-        """Return the wall-clock time, aware UTC."""
-        ...
-
-    def monotonic(self) -> float:
-        """Return a monotonic reading in seconds (durations, deadlines)."""
-        ...
-
-    async def sleep(self, seconds: float) -> None:
-        """Wait ``seconds``; a cancellation point."""
-        ...
-
-
-class SystemClock:
-    """The real clock: ``datetime.now(UTC)``, ``time.monotonic`` and ``anyio.sleep``."""
-
-    def now(self) -> datetime:
-        """Return the wall-clock time, aware UTC."""
-        return datetime.now(UTC)
-
-    def monotonic(self) -> float:
-        """Return ``time.monotonic()``."""
-        return time.monotonic()
-
-    async def sleep(self, seconds: float) -> None:
-        """Sleep with ``anyio.sleep``."""
-        await anyio.sleep(seconds)
 
 
 class Poller(Protocol):

@@ -17,12 +17,12 @@ from tests.integration.conftest_receiver import (
     ManualClock,
     Receiver,
 )
+from watcher.clock import Clock
 from watcher.config import Secret, SinkConfig
 from watcher.dispatcher import Dispatcher
 from watcher.events import Event, EventType
 from watcher.journal import Journal, OutboxRow
 from watcher.sinks import build_sink
-from watcher.sinks.base import Clock
 from watcher.sinks.slack import render
 
 pytestmark = pytest.mark.integration

@@ -16,6 +16,7 @@ import pytest
 import watcher.scheduler
 import watcher.tracker
 from watcher.client import PollResult
+from watcher.clock import SystemClock
 from watcher.config import ServerConfig
 from watcher.errors import (
     SklmAuthError,
@@ -33,7 +34,6 @@ from watcher.scheduler import (
     WATCH_CRASHED,
     Fleet,
     ServerWatch,
-    SystemClock,
     WatchStats,
 )
 from watcher.tracker import Failure, Observation, ServerState, Step

@@ -15,7 +15,7 @@ T0 = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
 
 def _run(observations: list[Observation]) -> list[tuple[EventType, datetime]]:
     state = ServerState()
-    out = []
+    out: list[tuple[EventType, datetime]] = []
     for obs in observations:
         result = step(CONFIG, state, obs)
         state = result.state

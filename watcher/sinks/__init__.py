@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import aiohttp
 
+from watcher.clock import Clock, SystemClock
 from watcher.config import SinkConfig
 from watcher.errors import ConfigError, ConfigProblem
-from watcher.sinks.base import Clock, Sink, SystemClock
+from watcher.sinks.base import Sink
 from watcher.sinks.log import LogSink
 from watcher.sinks.slack import SlackSink
 from watcher.sinks.webhook import WebhookSink

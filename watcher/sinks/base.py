@@ -30,13 +30,11 @@ from __future__ import annotations
 
 import email.utils
 import math
-import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Final, Protocol
 
 import aiohttp
-import anyio
 
 from watcher.errors import DeliveryError
 from watcher.events import Event
@@ -62,38 +60,6 @@ class Sink(Protocol):
     async def deliver(self, event: Event) -> None:
         """Deliver one event, or raise :class:`~watcher.errors.DeliveryError`."""
         ...
-
-
-class Clock(Protocol):
-    """Where sinks and the dispatcher get the time (a fake one in tests)."""
-
-    def now(self) -> datetime:
-        """Return the current wall-clock time, aware UTC."""
-        ...
-
-    def monotonic(self) -> float:
-        """Return a monotonic reading in seconds (intervals only)."""
-        ...
-
-    async def sleep(self, seconds: float) -> None:
-        """Wait ``seconds`` (virtual time in tests)."""
-        ...
-
-
-class SystemClock:
-    """The real clock: ``datetime.now(UTC)``, ``time.monotonic()``, ``anyio.sleep``."""
-
-    def now(self) -> datetime:
-        """Return the current time, aware UTC."""
-        return datetime.now(UTC)
-
-    def monotonic(self) -> float:
-        """Return ``time.monotonic()``."""
-        return time.monotonic()
-
-    async def sleep(self, seconds: float) -> None:
-        """Sleep with anyio (cancellable)."""
-        await anyio.sleep(seconds)
 
 
 def parse_retry_after(value: str | None, now: datetime) -> float | None:

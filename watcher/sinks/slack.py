@@ -25,10 +25,11 @@ from typing import Any, Final
 import aiohttp
 import anyio
 
+from watcher.clock import Clock, SystemClock
 from watcher.config import SinkConfig
 from watcher.errors import ConfigError, ConfigProblem
 from watcher.events import Event, EventType, format_time
-from watcher.sinks.base import Clock, SystemClock, classify, post
+from watcher.sinks.base import classify, post
 
 # Slack's error codes are short lower-case words; anything else in a body is not
 # quoted (it could echo something we should not log).

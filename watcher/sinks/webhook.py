@@ -11,10 +11,11 @@ from typing import Final
 
 import aiohttp
 
+from watcher.clock import Clock, SystemClock
 from watcher.config import SinkConfig
 from watcher.errors import ConfigError, ConfigProblem
 from watcher.events import CONTENT_TYPE, Event
-from watcher.sinks.base import Clock, SystemClock, classify, post
+from watcher.sinks.base import classify, post
 
 #: The prefix of a Standard Webhooks secret; the rest is the base64 key.
 SECRET_PREFIX: Final = "whsec_"  # noqa: S105 (a prefix, not a secret)
