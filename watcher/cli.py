@@ -543,6 +543,7 @@ def _status_from_daemon(listen: str | None, now: datetime) -> list[Any] | None:
     from watcher.events import parse_time
     from watcher.phases import Phase
     from watcher.service import parse_listen
+    from watcher.tracker import Health
 
     if not listen:
         return None
@@ -564,7 +565,7 @@ def _status_from_daemon(listen: str | None, now: datetime) -> list[Any] | None:
         rows.append(
             views.ServerStatusRow(
                 server=str(server["name"]),
-                health=views.Health(server["health"]),
+                health=Health(server["health"]),
                 phase=None if server.get("phase") is None else Phase[server["phase"]],
                 phase_since=since,
                 in_phase_for=None if since is None else (now - since).total_seconds(),

@@ -25,7 +25,6 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from itertools import accumulate, pairwise
 from typing import Any, Final, Protocol
 
@@ -45,7 +44,7 @@ from prometheus_client.registry import Collector
 from watcher.errors import ConfigError, ConfigProblem, JournalError
 from watcher.events import EventType, format_time
 from watcher.phases import Phase
-from watcher.tracker import ServerState
+from watcher.tracker import ServerState, health_of
 
 log = structlog.get_logger(__name__)
 
@@ -66,36 +65,6 @@ OUTBOX_TIMEOUT: Final = 2.0
 _METRIC_PREFIX: Final = "sklm_watcher_"
 _TEXT: Final = "text/plain; charset=utf-8"
 _NO_STORE: Final = {"Cache-Control": "no-store"}
-
-
-class Health(StrEnum):
-    """A server's health as ``/status`` and the CLI show it."""
-
-    OK = "ok"
-    UNREACHABLE = "unreachable"
-    RESTARTING = "restarting"
-    AUTH_FAILED = "auth_failed"
-    #: Not polled yet (and nothing known from an earlier run).
-    UNKNOWN = "unknown"
-
-
-def health_label(state: ServerState) -> Health:
-    """Return one word for a server's health (``Health`` is a ``str``).
-
-    Rejected credentials win (nothing else is known until they are fixed); after a
-    restore the server is ``restarting`` until it is back, or ``unreachable`` once
-    that took long enough to be reported; a failing server is ``unreachable``; one
-    never heard from is ``unknown``. Same rules as ``views.health_of`` (the CLI).
-    """
-    if state.auth_failed:
-        return Health.AUTH_FAILED
-    if state.awaiting_restart and not state.unreachable_reported:
-        return Health.RESTARTING
-    if state.failing:
-        return Health.UNREACHABLE
-    if state.phase is None and state.last_ok_at is None:
-        return Health.UNKNOWN
-    return Health.OK
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -463,7 +432,7 @@ def _server_families(snapshot: Snapshot) -> list[Metric]:
             last_ok.add_metric([server], ok_at)
         if state.phase is not None:
             phase.add_metric([server], int(state.phase))
-        health.add_metric([server, str(health_label(state))], 1)
+        health.add_metric([server, str(health_of(state))], 1)
         active += state.restore_active
     running.add_metric([], active)
     return [polls, crashes, last_latency, last_ok, phase, health, running]
@@ -556,7 +525,7 @@ def server_status(
     phase: Phase | None = state.phase
     return {
         "name": name,
-        "health": str(health_label(state)),
+        "health": str(health_of(state)),
         "phase": None if phase is None else phase.name,
         "code": None if phase is None else int(phase),
         "since": _time(state.phase_since_at),

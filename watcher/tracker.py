@@ -199,6 +199,38 @@ class ServerState:
             raise ValueError(f"not a tracker state: {exc}") from exc
 
 
+class Health(StrEnum):
+    """A server's health, as ``/status`` and ``sklm-watcher status`` show it."""
+
+    OK = "ok"
+    UNREACHABLE = "unreachable"
+    RESTARTING = "restarting"
+    AUTH_FAILED = "auth_failed"
+    #: Not polled yet (and nothing known from an earlier run).
+    UNKNOWN = "unknown"
+
+
+def health_of(state: ServerState | None) -> Health:
+    """Classify a server's state in one word.
+
+    Rejected credentials win (nothing else is known until they are fixed); after a
+    restore the server is ``restarting`` until it is back, or ``unreachable`` once
+    that took long enough to be reported; a failing server is ``unreachable``; one
+    never heard from is ``unknown``.
+    """
+    if state is None:
+        return Health.UNKNOWN
+    if state.auth_failed:
+        return Health.AUTH_FAILED
+    if state.awaiting_restart and not state.unreachable_reported:
+        return Health.RESTARTING
+    if state.failing:
+        return Health.UNREACHABLE
+    if state.phase is None and state.last_ok_at is None:
+        return Health.UNKNOWN
+    return Health.OK
+
+
 _DURABLE_FIELDS: Final = tuple(
     f.name
     for f in fields(ServerState)

@@ -56,7 +56,7 @@ from typing import Any, ClassVar, Final, Protocol, TextIO
 from watcher.events import Event, EventType, format_time
 from watcher.journal import AUDITSEQ_KEY, PREVHASH_KEY, Journal
 from watcher.phases import Phase
-from watcher.tracker import ServerState
+from watcher.tracker import Health, ServerState, health_of
 
 #: ``ServerState.from_dict`` rebases monotonic readings from ``at``; the views use
 #: only wall-clock fields, so any fixed instant will do (and no clock is read).
@@ -74,16 +74,6 @@ _RESTORE_TYPES: Final = frozenset(
         EventType.SERVER_UNREACHABLE,
     }
 )
-
-
-class Health(StrEnum):
-    """How a server looks from its stored state."""
-
-    OK = "ok"
-    UNREACHABLE = "unreachable"
-    RESTARTING = "restarting"
-    AUTH_FAILED = "auth_failed"
-    UNKNOWN = "unknown"
 
 
 class Outcome(StrEnum):
@@ -189,21 +179,6 @@ class ServerStatusRow:
     def style(self) -> str:
         """Coloured by health."""
         return _STYLES[self.health]
-
-
-def health_of(state: ServerState | None) -> Health:
-    """Classify a stored state: auth failure, expected restart, outage, fine or unknown."""
-    if state is None:
-        return Health.UNKNOWN
-    if state.auth_failed:
-        return Health.AUTH_FAILED
-    if state.awaiting_restart and not state.unreachable_reported:
-        return Health.RESTARTING
-    if state.failing:
-        return Health.UNREACHABLE
-    if state.phase is None and state.last_ok_at is None:
-        return Health.UNKNOWN
-    return Health.OK
 
 
 def fleet_status(

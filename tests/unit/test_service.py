@@ -18,11 +18,9 @@ from watcher.phases import Phase
 from watcher.scheduler import WatchStats
 from watcher.service import (
     LATENCY_BUCKETS,
-    Health,
     Heartbeat,
     LatencyHistogram,
     Snapshot,
-    health_label,
     is_loopback,
     metric_families,
     parse_listen,
@@ -84,47 +82,6 @@ def test_parse_listen_rejects_anything_else(text: str):
 def test_is_loopback(host: str, expected: bool):
     """Only loopback addresses and ``localhost`` count as private to this machine."""
     assert is_loopback(host) is expected
-
-
-# --- health_label ---------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("state", "expected"),
-    [
-        (ServerState(), Health.UNKNOWN),
-        (ServerState(phase=Phase.IDLE, last_ok_at=T0), Health.OK),
-        (ServerState(last_ok_at=T0), Health.OK),
-        (ServerState(phase=Phase.COMPLETED, awaiting_restart=True), Health.RESTARTING),
-        (
-            ServerState(
-                phase=Phase.COMPLETED,
-                awaiting_restart=True,
-                consecutive_failures=9,
-                unreachable_reported=True,
-            ),
-            Health.UNREACHABLE,
-        ),
-        (ServerState(phase=Phase.IDLE, consecutive_failures=1), Health.UNREACHABLE),
-        (ServerState(consecutive_failures=3), Health.UNREACHABLE),
-        (
-            ServerState(
-                phase=Phase.COMPLETED, awaiting_restart=True, consecutive_failures=2
-            ),
-            Health.RESTARTING,
-        ),
-        (ServerState(phase=Phase.IDLE, auth_failed=True), Health.AUTH_FAILED),
-        (
-            ServerState(auth_failed=True, consecutive_failures=4),
-            Health.AUTH_FAILED,
-        ),
-    ],
-)
-def test_health_label(state: ServerState, expected: Health):
-    """Auth failure wins; an expected restart until reported overdue; failing; unknown."""
-    label = health_label(state)
-    assert label is expected
-    assert isinstance(label, str)
 
 
 # --- LatencyHistogram -----------------------------------------------------------------

@@ -15,7 +15,7 @@ from watcher.config import ServerConfig, SinkConfig
 from watcher.events import Event, stable_id
 from watcher.journal import GENESIS_HASH, Journal
 from watcher.phases import Phase
-from watcher.tracker import Failure, Observation, ServerState, step
+from watcher.tracker import Failure, Health, Observation, ServerState, step
 from watcher.views import (
     ANCHOR_MISMATCH,
     CHANGED,
@@ -27,7 +27,6 @@ from watcher.views import (
     AuditVerdict,
     FollowPhase,
     FollowView,
-    Health,
     Outcome,
     RestoreRow,
     ServerStatusRow,
