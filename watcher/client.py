@@ -7,15 +7,24 @@ exception is translated here, once, into the ``SklmError`` tree of
 
     ServerFingerprintMismatch, ClientConnectorCertificateError,
     ClientSSLError, ssl.SSLError                     -> SklmTlsError
-    ClientConnectorError, ServerDisconnectedError, ClientOSError,
-    ClientPayloadError, TimeoutError, other ClientError -> SklmUnreachable
+    ClientConnectorError (incl. a TLS handshake cut
+    off by the peer), ServerDisconnectedError,
+    ClientOSError, ClientPayloadError (body cut short),
+    TimeoutError, other ClientError                  -> SklmUnreachable
     ClientResponseError (malformed HTTP), InvalidURL,
+    ClientPayloadError (undecodable Content-Encoding),
     3xx, unexpected status, bad or oversized body    -> SklmProtocolError
     401 at login (CTGKM6003E), session rejected
     right after a fresh login                        -> SklmAuthError
 
 Session expiry (401 CTGKM6004E, 400 CTGKM6002E) is the private ``_SessionExpired``:
 it triggers exactly one re-login per poll and never escapes.
+
+No error carries a secret: text quoted from a foreign exception is scrubbed of
+the password and session id, and a foreign exception that shows one anywhere
+(aiohttp's ``ClientResponseError`` repr holds the request's Authorization
+header) is not chained as ``__cause__``. tests/integration/test_hostile_sklm.py
+holds the corpus of hostile servers (issue #8).
 
 TLS trust comes from the server's configuration alone, never from ``SSL_CERT_FILE``,
 ``SSL_CERT_DIR`` or proxy variables: ``ca_file`` is the only trust anchor when set;
@@ -41,6 +50,7 @@ from typing import Any, Final, TypeVar
 
 import aiohttp
 import structlog
+from aiohttp.http_exceptions import ContentEncodingError
 from yarl import URL
 
 from watcher.config import Secret, ServerConfig
@@ -87,6 +97,8 @@ _CREDENTIALS_REJECTED: Final = "CTGKM6003E"
 _SESSION_REJECTED: Final = frozenset({"CTGKM6004E", "CTGKM6002E"})
 _CTGKM_ID = re.compile(r"CTGKM\d{4}[A-Z]")
 _SESSION_ID_CHARS = re.compile(r"[\x21-\x7e]+")
+#: How a peer cutting a connection off shows in ``ClientConnectorError.os_error``.
+_CUT_OFF: Final = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)
 _JSON_HEADERS: Final[Mapping[str, str]] = {
     "Accept": "application/json",
     "Content-Type": "application/json",
@@ -181,7 +193,8 @@ class SklmClient:
         self._session_worked = False
         self._tls_problem: str | None = None
         self._ssl: ssl.SSLContext | aiohttp.Fingerprint | bool = True
-        if URL(origin).scheme == "https":
+        self._https = URL(origin).scheme == "https"
+        if self._https:
             try:
                 self._ssl = _ssl_for(server)
             except (OSError, ValueError) as exc:
@@ -420,6 +433,7 @@ class SklmClient:
                 "Authorization": f"SKLMAuth userAuthId={session_id.reveal()}",
             }
         data = None if body is None else json.dumps(body).encode()
+        failure: SklmError | None = None
         try:
             async with self._http.request(
                 method,
@@ -447,7 +461,14 @@ class SklmClient:
                     content_type=resp.headers.get("Content-Type", ""),
                 )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise self._translate(exc) from exc
+            failure = self._translate(exc, session_id)
+            if not self._carries_secret(exc, session_id):
+                raise failure from exc
+        if failure is not None:
+            # The foreign exception holds a secret (a server echoing it into a
+            # header line, or aiohttp's request_info with the Authorization
+            # header): raised outside the handler, so no traceback shows it.
+            raise failure
         if session_id is not None:
             if (
                 reply.status in (400, 401)
@@ -484,9 +505,19 @@ class SklmClient:
                     f"{MAX_BODY_BYTES}-byte limit",
                 )
 
-    def _translate(self, exc: BaseException) -> SklmError:
-        """Map a foreign exception to the ``SklmError`` tree (no URL, no header)."""
+    def _translate(
+        self, exc: BaseException, session_id: Secret | None = None
+    ) -> SklmError:
+        """Map a foreign exception to the ``SklmError`` tree (no URL, no header).
+
+        Text taken from the exception may quote what the server sent: it is
+        scrubbed of the password and ``session_id`` before it is shortened.
+        """
         name = type(exc).__name__
+
+        def quote(text: str) -> str:
+            return _short(self._scrub(text, session_id))
+
         if isinstance(exc, aiohttp.ServerFingerprintMismatch):
             return SklmTlsError(
                 self._name,
@@ -497,13 +528,13 @@ class SklmClient:
             )
         if isinstance(exc, aiohttp.ClientConnectorCertificateError):
             cert_error = exc.certificate_error
-            reason = getattr(cert_error, "verify_message", None) or _short(
+            reason = getattr(cert_error, "verify_message", None) or quote(
                 str(cert_error)
             )
             return SklmTlsError(self._name, f"certificate not trusted ({reason})")
         if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
             cause = exc.os_error if isinstance(exc, aiohttp.ClientSSLError) else exc
-            reason = getattr(cause, "reason", None) or _short(str(cause))
+            reason = getattr(cause, "reason", None) or quote(str(cause))
             return SklmTlsError(self._name, f"TLS handshake failed ({name}: {reason})")
         if isinstance(exc, TimeoutError):
             return SklmUnreachable(
@@ -511,6 +542,17 @@ class SklmClient:
                 f"no answer within {self._server.timeout:g} s ({name})",
             )
         if isinstance(exc, aiohttp.ClientConnectorError):
+            if self._https and isinstance(exc.os_error, _CUT_OFF):
+                # Connected (a refusal is ConnectionRefusedError), then cut off
+                # before TLS completed: often a server starting or overloaded,
+                # sometimes one that accepts no TLS version or cipher we offer.
+                return SklmUnreachable(
+                    self._name,
+                    "connection closed during the TLS handshake "
+                    f"({name}: {_os_reason(exc.os_error)})",
+                    hint="check that the server is up; if it persists, check "
+                    "that it accepts TLS 1.2 or later on this port",
+                )
             return SklmUnreachable(
                 self._name, f"cannot connect ({name}: {_os_reason(exc.os_error)})"
             )
@@ -519,12 +561,20 @@ class SklmClient:
                 self._name, f"connection closed before an answer ({name})"
             )
         if isinstance(exc, aiohttp.ClientPayloadError):
+            if _caused_by(exc, ContentEncodingError):
+                # The body arrived but does not decode: the server's fault,
+                # not the network's.
+                return SklmProtocolError(
+                    self._name,
+                    f"body does not match its Content-Encoding ({name}: "
+                    f"{quote(str(exc))})",
+                )
             return SklmUnreachable(
-                self._name, f"answer cut short ({name}: {_short(str(exc))})"
+                self._name, f"answer cut short ({name}: {quote(str(exc))})"
             )
         if isinstance(exc, aiohttp.ClientResponseError):
             return SklmProtocolError(
-                self._name, f"malformed HTTP answer ({name}: {_short(exc.message)})"
+                self._name, f"malformed HTTP answer ({name}: {quote(exc.message)})"
             )
         if isinstance(exc, aiohttp.InvalidURL):
             return SklmProtocolError(
@@ -532,7 +582,30 @@ class SklmClient:
             )
         if isinstance(exc, OSError):
             return SklmUnreachable(self._name, f"{name}: {_os_reason(exc)}")
-        return SklmUnreachable(self._name, f"{name}: {_short(str(exc))}")
+        return SklmUnreachable(self._name, f"{name}: {quote(str(exc))}")
+
+    def _secrets(self, session_id: Secret | None = None) -> list[str]:
+        """The secret values that must never appear in an error."""
+        return [
+            s.reveal()
+            for s in (session_id, self._session_id, self._server.password)
+            if s
+        ]
+
+    def _carries_secret(
+        self, exc: BaseException, session_id: Secret | None = None
+    ) -> bool:
+        """Whether ``exc`` or its causes show the password or a session id."""
+        secrets = self._secrets(session_id)
+        seen: set[int] = set()
+        current: BaseException | None = exc
+        while current is not None and id(current) not in seen:
+            seen.add(id(current))
+            texts = (str(current), repr(current))
+            if any(secret in text for secret in secrets for text in texts):
+                return True
+            current = current.__cause__ or current.__context__
+        return False
 
     def _describe_status(self, reply: _Reply) -> str:
         code = _ctgkm_id(reply.body)
@@ -542,11 +615,10 @@ class SklmClient:
             return f"HTTP {reply.status} {code} (SKLM's generic failure)"
         return f"HTTP {reply.status} {code}"
 
-    def _scrub(self, text: str) -> str:
-        """Mask the session id and password should a body echo them."""
-        for secret in (self._session_id, self._server.password):
-            if secret:
-                text = text.replace(secret.reveal(), "***")
+    def _scrub(self, text: str, session_id: Secret | None = None) -> str:
+        """Mask the session id(s) and password should an answer echo them."""
+        for secret in self._secrets(session_id):
+            text = text.replace(secret, "***")
         return text
 
 
@@ -554,6 +626,29 @@ class _BadBody(Exception):
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
+
+
+_PHASE_KEYS: Final = frozenset({"status", "code"})
+
+
+class _JsonObject(dict[str, Any]):
+    """A parsed JSON object that remembers which keys it had more than once."""
+
+    __slots__ = ("repeated",)
+
+    repeated: frozenset[str]
+
+    @classmethod
+    def from_pairs(cls, pairs: list[tuple[str, Any]]) -> _JsonObject:
+        """Build from ``json``'s pairs; ``repeated`` holds lowercase keys seen twice."""
+        obj = cls(pairs)
+        seen: set[str] = set()
+        repeated: set[str] = set()
+        for key, _value in pairs:
+            folded = key.lower()
+            (repeated if folded in seen else seen).add(folded)
+        obj.repeated = frozenset(repeated)
+        return obj
 
 
 def _parse_progress_body(body: bytes, content_type: str = "") -> Phase:
@@ -569,13 +664,20 @@ def _parse_progress_body(body: bytes, content_type: str = "") -> Phase:
     except UnicodeDecodeError:
         raise _BadBody(f"body is not valid UTF-8: {_excerpt(body)}") from None
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_JsonObject.from_pairs)
     except (ValueError, RecursionError):
         kind = content_type.split(";")[0].strip() or "no content type"
         raise _BadBody(f"body is not JSON ({_short(kind)}): {_excerpt(text)}") from None
     if not isinstance(data, dict):
         raise _BadBody(
-            f"body is a JSON {type(data).__name__}, not an object: {_excerpt(text)}"
+            f"body is a JSON {_json_type(data)}, not an object: {_excerpt(text)}"
+        )
+    # json keeps the last of duplicate keys, another parser the first: an
+    # answer that says two things about the phase is not trusted either way.
+    twice = sorted(data.repeated & _PHASE_KEYS) if isinstance(data, _JsonObject) else []
+    if twice:
+        raise _BadBody(
+            f"body gives {' and '.join(twice)} more than once: {_excerpt(text)}"
         )
     status = _get_ci(data, "status")
     if status is None:
@@ -626,6 +728,21 @@ def _as_int(value: Any, *, allow_negative: bool) -> int | None:
     return None
 
 
+def _json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type (``array``, ``null``, ...)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
 def _json_object(body: bytes) -> dict[str, Any] | None:
     try:
         data = json.loads(body.decode("utf-8"))
@@ -660,6 +777,18 @@ def _short(text: str) -> str:
     if len(text) > MAX_EXCERPT_CHARS:
         return text[: MAX_EXCERPT_CHARS - 3] + "..."
     return text
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    """Whether ``exc`` or an exception in its cause chain is a ``kind``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _name_of(exc: BaseException) -> str:

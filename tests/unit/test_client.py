@@ -355,9 +355,9 @@ async def test_progress_field_names_any_case(mocked, client) -> None:
     [
         (b"not json", "text/plain", "body is not JSON (text/plain): 'not json'"),
         (b'{"code": "7", "sta', "application/json", "body is not JSON"),
-        (b"[1, 2]", "application/json", "body is a JSON list, not an object"),
-        (b'"IDLE"', "application/json", "body is a JSON str, not an object"),
-        (b"null", "application/json", "body is a JSON NoneType, not an object"),
+        (b"[1, 2]", "application/json", "body is a JSON array, not an object"),
+        (b'"IDLE"', "application/json", "body is a JSON string, not an object"),
+        (b"null", "application/json", "body is a JSON null, not an object"),
         (
             b"<html><body>Error 404: SRVE0190E</body></html>",
             "text/html",
