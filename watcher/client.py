@@ -109,6 +109,13 @@ _log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 
+# The credentials were accepted, so the usual "check the password" hint would mislead.
+_REJECTED_SESSION_HINT: Final = (
+    "the login succeeded but the new session was refused: check that the user has "
+    "a role allowed to read backup/restore progress, and the server's logs"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class PollResult:
     """What one successful progress poll saw.
@@ -287,7 +294,9 @@ class SklmClient:
             if fresh:
                 self._forget_session()
                 raise SklmAuthError(
-                    self._name, "session rejected right after login"
+                    self._name,
+                    "session rejected right after login",
+                    hint=_REJECTED_SESSION_HINT,
                 ) from None
             had_worked = self._session_worked
             self._forget_session()
@@ -298,7 +307,9 @@ class SklmClient:
         except _SessionExpired:
             self._forget_session()
             raise SklmAuthError(
-                self._name, "session rejected right after login"
+                self._name,
+                "session rejected right after login",
+                hint=_REJECTED_SESSION_HINT,
             ) from None
         return result, had_worked
 
