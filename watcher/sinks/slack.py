@@ -161,6 +161,9 @@ def _summary(event: Event) -> str:
             return f"server answers again after {format_duration(data.get('down_for'))}"
         case EventType.SERVER_RESTARTED:
             late = ", later than expected" if data.get("late") else ""
+            if data.get("down_for") is None:
+                # Seen only through a re-login or across the watcher's own downtime.
+                return f"server back after its post-restore restart{late}"
             away = format_duration(data.get("down_for"))
             return f"server back after its post-restore restart (away {away}{late})"
         case EventType.AUTH_FAILED:
