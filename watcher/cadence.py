@@ -20,8 +20,11 @@ Rules, first match wins:
 5. A restore is running → ``active_interval``.
 6. Otherwise → ``idle_interval``.
 
-Every delay is then spread by ``± jitter`` of itself (a backoff's cap stays a hard
-ceiling), so a fleet does not poll in lock-step.
+Every delay is then spread by jitter so a fleet does not poll in lock-step: idle,
+auth and backoff delays by ``± jitter`` of themselves (a backoff's cap stays a hard
+ceiling); active, burst and restart intervals only downwards, by up to ``jitter``
+of themselves, because while a restore runs the interval is a promise to the
+operator (a completion is seen at most ``active_interval`` after it happened).
 """
 
 from __future__ import annotations
@@ -158,6 +161,17 @@ def jittered(interval: float, jitter: float, rng: random.Random) -> float:
     return interval * (1.0 + jitter * (2.0 * rng.random() - 1.0))
 
 
+def jittered_below(interval: float, jitter: float, rng: random.Random) -> float:
+    """Return ``interval`` shortened by a uniform fraction in [0, jitter) of itself.
+
+    For the intervals that are a ceiling (active, burst, restart): spreading them
+    upwards would let a restore's phases go unseen for longer than configured.
+    """
+    if jitter <= 0.0:
+        return interval
+    return interval * (1.0 - jitter * rng.random())
+
+
 def next_poll(
     config: ServerConfig,
     state: WatchedState,
@@ -213,7 +227,10 @@ def next_poll(
         mode, interval = Mode.ACTIVE, config.active_interval
     else:
         mode, interval = Mode.IDLE, config.idle_interval
-    delay = jittered(interval, jitter, rng)
+    if mode is Mode.IDLE:
+        delay = jittered(interval, jitter, rng)
+    else:
+        delay = jittered_below(interval, jitter, rng)
     if (
         phase is previous
         and mode is cadence.mode

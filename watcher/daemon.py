@@ -8,6 +8,7 @@ changed without losing tracker state or outbox rows.
 
 from __future__ import annotations
 
+import gc
 import signal
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
@@ -48,6 +49,8 @@ RELOAD_APPLIED = "reload.applied"
 CONFIG_WARNING = "config.warning"
 JOURNAL_FAILING = "journal.failing"
 JOURNAL_RECOVERED = "journal.recovered"
+#: Allocations between young-generation collections for a long-running daemon.
+GC_YOUNG_THRESHOLD = 50_000
 
 #: Events kept in memory while the journal cannot be written.
 MAX_PENDING_EVENTS = 10_000
@@ -153,6 +156,23 @@ class JournalRecorder:
                     self.failure = None
             if wrote_events:
                 self.wake()
+
+
+def tune_gc_for_service() -> None:
+    """Tune CPython's cyclic garbage collector for a long-running poller.
+
+    Each poll in flight keeps a few hundred objects alive for its 20-200 ms, long
+    enough for the default thresholds to promote them to the oldest generation;
+    full collections over a fleet's worth of objects then pause the event loop for
+    75-125 ms every few seconds and make polls late (tests/benchmark/README.md).
+    A larger young generation lets those objects die young, and freezing what
+    start-up created (modules, configuration) keeps it out of every later
+    collection. Process-wide, so only ``sklm-watcher run`` calls it.
+    """
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, max(middle, 10), max(old, 10))
+    gc.collect()
+    gc.freeze()
 
 
 class Daemon:

@@ -5,17 +5,12 @@ with, first:
 
 - ``--uvloop``: ``uvloop.install()`` (anyio's asyncio backend then runs on it);
 - ``--gc-log``: one stderr line per garbage collection (generation, ms, collected);
-- ``--gc-freeze SECONDS``: ``gc.freeze()`` that long after start (a prototype of a
-  fix: start-up objects leave the collector's generations);
-- ``--gc-threshold A,B,C``: ``gc.set_threshold(A, B, C)`` (prototype);
+- ``--stock-gc``: skip the daemon's GC tuning (``watcher.daemon.tune_gc_for_service``:
+  young threshold 50,000 and ``gc.freeze()`` at start), to measure it both ways;
 - ``--ssl-buffer BYTES``: asyncio's per-connection TLS read buffer (CPython 3.11:
   256 KiB, ``asyncio.sslproto.SSLProtocol.max_size``) set to BYTES (prototype);
 - ``--keepalive SECONDS``: the daemon's idle keep-alive set to SECONDS instead of
   1.25 x the longest idle interval + 5 s (prototype: idle servers reconnect);
-- ``--no-hint-on-completed``: the scheduler does not fetch ``restore/result`` when
-  the poll saw COMPLETED (prototype: COMPLETED is journaled one round trip sooner);
-- ``--jitter-down``: jitter only shortens delays, ``interval * (1 - jitter * U)``
-  (prototype: a poll is never later than its interval).
 
 These only measure or prototype; the daemon's code is not changed.
 """
@@ -24,9 +19,7 @@ from __future__ import annotations
 
 import gc
 import importlib
-import random
 import sys
-import threading
 import time
 
 from watcher.cli import main as cli_main
@@ -49,37 +42,9 @@ def _log_gc() -> None:
     gc.callbacks.append(callback)
 
 
-def _freeze_later(seconds: float) -> None:
-    def freeze() -> None:
-        gc.collect()
-        gc.freeze()
-        sys.stderr.write(f"gc.frozen count={gc.get_freeze_count()}\n")
-
-    timer = threading.Timer(seconds, freeze)
-    timer.daemon = True
-    timer.start()
-
-
-def _no_hint_on_completed() -> None:
-    scheduler = importlib.import_module("watcher.scheduler")
-    phases = importlib.import_module("watcher.phases")
-    original = scheduler._may_have_ended
-
-    def may_have_ended(state: object, phase: object) -> bool:
-        if phase is phases.Phase.COMPLETED:
-            return False
-        return bool(original(state, phase))
-
-    setattr(scheduler, "_may_have_ended", may_have_ended)  # noqa: B010 - prototype
-
-
-def _jitter_down() -> None:
-    cadence = importlib.import_module("watcher.cadence")
-
-    def jittered(interval: float, jitter: float, rng: random.Random) -> float:
-        return interval * (1.0 - jitter * rng.random()) if jitter > 0 else interval
-
-    setattr(cadence, "jittered", jittered)  # noqa: B010 - prototype
+def _stock_gc() -> None:
+    daemon = importlib.import_module("watcher.daemon")
+    setattr(daemon, "tune_gc_for_service", lambda: None)  # noqa: B010 - measurement
 
 
 def main() -> int:
@@ -91,11 +56,8 @@ def main() -> int:
             importlib.import_module("uvloop").install()
         elif option == "--gc-log":
             _log_gc()
-        elif option == "--gc-freeze":
-            _freeze_later(float(args.pop(0)))
-        elif option == "--gc-threshold":
-            first, second, third = (int(x) for x in args.pop(0).split(","))
-            gc.set_threshold(first, second, third)
+        elif option == "--stock-gc":
+            _stock_gc()
         elif option == "--ssl-buffer":
             sslproto = importlib.import_module("asyncio.sslproto")
             sslproto.SSLProtocol.max_size = int(args.pop(0))
@@ -103,10 +65,6 @@ def main() -> int:
             client = importlib.import_module("watcher.client")
             setattr(client, "KEEPALIVE_FACTOR", 0.0)  # noqa: B010 - prototype
             setattr(client, "KEEPALIVE_MARGIN", float(args.pop(0)))  # noqa: B010
-        elif option == "--no-hint-on-completed":
-            _no_hint_on_completed()
-        elif option == "--jitter-down":
-            _jitter_down()
         else:
             sys.stderr.write(f"launch: unknown option {option}\n")
             return 2

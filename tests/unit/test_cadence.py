@@ -16,6 +16,7 @@ from watcher.cadence import (
     check_jitter,
     initial_delay,
     jittered,
+    jittered_below,
     next_poll,
 )
 from watcher.config import ServerConfig
@@ -272,12 +273,18 @@ def test_jitter_stays_within_its_fraction_and_under_caps(
     jitter: float,
     seed: int,
 ) -> None:
-    """Every delay lies within ± jitter of its interval, and a backoff under its cap."""
+    """Every delay lies within ± jitter of its interval, and a backoff under its cap.
+
+    Active, burst and restart intervals are never exceeded.
+    """
     state, observation, cadence, interval, cap = scenario
     delay, _ = next_poll(
         CONFIG, state, observation, cadence, rng=random.Random(seed), jitter=jitter
     )
     low, high = interval * (1 - jitter), interval * (1 + jitter)
+    if observation.failure is None and state is not IDLE:
+        # Active, burst and restart intervals are ceilings: jitter only shortens them.
+        high = interval
     assert low - 1e-9 <= delay <= high + 1e-9
     if cap is not None:
         assert delay <= cap
@@ -291,3 +298,13 @@ def test_jitter_spreads_delays_both_ways() -> None:
     assert min(delays) < 9.5
     assert max(delays) > 10.5
     assert all(9.0 <= d <= 11.0 for d in delays)
+
+
+def test_active_intervals_are_only_shortened_by_jitter() -> None:
+    """While a restore runs, jitter spreads polls below the interval, never above."""
+    rng = random.Random(5)
+    delays = [jittered_below(1.0, 0.2, rng) for _ in range(200)]
+    assert all(0.8 <= d <= 1.0 for d in delays)
+    assert min(delays) < 0.85
+    assert max(delays) > 0.95
+    assert jittered_below(1.0, 0.0, rng) == 1.0

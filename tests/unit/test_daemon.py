@@ -86,3 +86,18 @@ async def test_a_full_queue_refuses_so_the_scheduler_keeps_its_state() -> None:
         [_event(1).id, _event(2).id],
         [_event(3).id],
     ]
+
+
+def test_gc_tuning_raises_the_young_threshold_and_freezes_start_up() -> None:
+    """The service's GC tuning applies in a fresh interpreter, not in the test process."""
+    import subprocess
+    import sys
+
+    code = (
+        "import gc; from watcher.daemon import tune_gc_for_service;"
+        "tune_gc_for_service(); print(gc.get_threshold()[0], gc.get_freeze_count() > 0)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == ["50000", "True"]

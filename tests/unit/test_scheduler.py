@@ -354,20 +354,23 @@ async def test_auth_failure_waits_auth_retry_interval(
 async def test_restore_result_fetched_only_when_a_restore_may_have_ended(
     clock: VirtualClock, tracker: TrackerSpy
 ) -> None:
-    """The result hint is fetched once per ending restore and lands in its event."""
+    """The result hint is fetched once per restore that ends by going back.
+
+    A live COMPLETED answer is journaled at once: the hint could not change it.
+    """
     down = SklmUnreachable("a", "restarting")
     script: list[Phase | BaseException] = [
         Phase.IDLE,  # first answer: nothing to end
         Phase.IDLE,
         Phase.INITIALIZE,
         Phase.RESTORE_DATABASES,
-        Phase.COMPLETED,  # reached COMPLETED: fetch
-        Phase.COMPLETED,  # still COMPLETED: already fetched
+        Phase.COMPLETED,  # reached COMPLETED: the signal itself, no fetch
+        Phase.COMPLETED,  # still COMPLETED
         down,
         Phase.IDLE,  # back after the restart: the hint has reset, no fetch
         Phase.INITIALIZE,
         Phase.IDLE,  # dropped back to IDLE: a failed restore, fetch
-        Phase.COMPLETED,  # straight from IDLE: a fast restore, fetch
+        Phase.COMPLETED,  # straight from IDLE: a fast restore, no fetch
         down,
         Phase.IDLE,
         Phase.INITIALIZE,
@@ -379,8 +382,8 @@ async def test_restore_result_fetched_only_when_a_restore_may_have_ended(
     poller = ScriptedPoller(clock, script, result=1)
     await run_for(fleet_of(clock, {"a": poller}, ListRecorder()), clock, 600)
     fetched = [o.result == 1 for o in tracker.observations[: len(script)]]
-    assert [i for i, hit in enumerate(fetched) if hit] == [4, 9, 10, 16]
-    assert len(poller.results_fetched_at) == 4
+    assert [i for i, hit in enumerate(fetched) if hit] == [9, 16]
+    assert len(poller.results_fetched_at) == 2
     endings = [
         (event.type, event.data["result"])
         for outcome in tracker.steps
@@ -388,9 +391,9 @@ async def test_restore_result_fetched_only_when_a_restore_may_have_ended(
         if event.type in (EventType.RESTORE_COMPLETED, EventType.RESTORE_FAILED)
     ]
     assert endings == [
-        (EventType.RESTORE_COMPLETED, 1),
+        (EventType.RESTORE_COMPLETED, None),
         (EventType.RESTORE_FAILED, 1),
-        (EventType.RESTORE_COMPLETED, 1),
+        (EventType.RESTORE_COMPLETED, None),
         (EventType.RESTORE_COMPLETED, 1),
     ]
 
