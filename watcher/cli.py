@@ -235,11 +235,11 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from watcher.daemon import Daemon, tune_gc_for_service
+    from watcher.daemon import Daemon, tune_runtime_for_service
 
     config = _load(args)
     daemon = Daemon(config, reload=lambda: load_config(args.config))
-    tune_gc_for_service()
+    tune_runtime_for_service()
     anyio.run(daemon.run)
     return EXIT_OK
 

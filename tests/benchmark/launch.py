@@ -5,8 +5,8 @@ with, first:
 
 - ``--uvloop``: ``uvloop.install()`` (anyio's asyncio backend then runs on it);
 - ``--gc-log``: one stderr line per garbage collection (generation, ms, collected);
-- ``--stock-gc``: skip the daemon's GC tuning (``watcher.daemon.tune_gc_for_service``:
-  young threshold 50,000 and ``gc.freeze()`` at start), to measure it both ways;
+- ``--stock-runtime``: skip the daemon's tuning (``watcher.daemon.tune_runtime_for_service``:
+  GC threshold and freeze, 16 KiB TLS read buffer), to measure it both ways;
 - ``--ssl-buffer BYTES``: asyncio's per-connection TLS read buffer (CPython 3.11:
   256 KiB, ``asyncio.sslproto.SSLProtocol.max_size``) set to BYTES (prototype);
 - ``--keepalive SECONDS``: the daemon's idle keep-alive set to SECONDS instead of
@@ -42,9 +42,9 @@ def _log_gc() -> None:
     gc.callbacks.append(callback)
 
 
-def _stock_gc() -> None:
+def _stock_runtime() -> None:
     daemon = importlib.import_module("watcher.daemon")
-    setattr(daemon, "tune_gc_for_service", lambda: None)  # noqa: B010 - measurement
+    setattr(daemon, "tune_runtime_for_service", lambda: None)  # noqa: B010 - measurement
 
 
 def main() -> int:
@@ -56,8 +56,8 @@ def main() -> int:
             importlib.import_module("uvloop").install()
         elif option == "--gc-log":
             _log_gc()
-        elif option == "--stock-gc":
-            _stock_gc()
+        elif option == "--stock-runtime":
+            _stock_runtime()
         elif option == "--ssl-buffer":
             sslproto = importlib.import_module("asyncio.sslproto")
             sslproto.SSLProtocol.max_size = int(args.pop(0))

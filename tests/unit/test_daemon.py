@@ -88,16 +88,17 @@ async def test_a_full_queue_refuses_so_the_scheduler_keeps_its_state() -> None:
     ]
 
 
-def test_gc_tuning_raises_the_young_threshold_and_freezes_start_up() -> None:
-    """The service's GC tuning applies in a fresh interpreter, not in the test process."""
+def test_service_tuning_raises_gc_threshold_freezes_and_shrinks_tls_buffer() -> None:
+    """The service's runtime tuning, applied in a fresh interpreter, not this one."""
     import subprocess
     import sys
 
     code = (
-        "import gc; from watcher.daemon import tune_gc_for_service;"
-        "tune_gc_for_service(); print(gc.get_threshold()[0], gc.get_freeze_count() > 0)"
+        "import gc; from watcher.daemon import tune_runtime_for_service;"
+        "tune_runtime_for_service(); import asyncio.sslproto as p;"
+        "print(gc.get_threshold()[0], gc.get_freeze_count() > 0, p.SSLProtocol.max_size)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.split()
-    assert out == ["50000", "True"]
+    assert out == ["50000", "True", "16384"]
