@@ -60,7 +60,10 @@ class Observation:
         relogin: True when the client had to log in again because the server
             rejected a session id it had accepted before (a restart sign).
         result: ``/ckms/restore/result`` hint (-1 unknown, 0 success, 1 failure),
-            fetched by the scheduler when a restore may have ended; None otherwise.
+            fetched by the scheduler when a restore's progress went back (failed,
+            or restarted before COMPLETED was seen) or on the first answer after
+            the watcher's own downtime; None otherwise (a live COMPLETED answer
+            is evidence enough and is journaled without waiting for it).
     """
 
     at: datetime

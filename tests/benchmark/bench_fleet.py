@@ -556,7 +556,7 @@ def part_ratio(
     per_daemon = Spread.of(d.rss / n / 1024 for d in daemons)
     per_floor = Spread.of(f.rss / n / 1024 for f in floors)
     ctx.row(
-        "RSS per idle TLS server (total / servers), stock asyncio",
+        "RSS per idle TLS server (total / servers), asyncio (the floor untuned)",
         f"daemon {per_daemon.show('{:.0f}', ' KB')}, "
         f"floor {per_floor.show('{:.0f}', ' KB')}",
         "info",
@@ -593,7 +593,7 @@ def part_memory(
     for kind in ("daemon", "floor"):
         stock, uv = results[(kind, False)], results[(kind, True)]
         ctx.row(
-            f"{kind}: RSS per idle TLS server, stock asyncio -> uvloop",
+            f"{kind}: RSS per idle TLS server, asyncio -> uvloop",
             f"{stock.rss / n / 1024:.0f} KB -> {uv.rss / n / 1024:.0f} KB "
             f"(total {stock.rss / 1e6:.0f} -> {uv.rss / 1e6:.0f} MB); CPU per poll "
             f"{stock.cpu_per_poll * 1e6:.0f} -> {uv.cpu_per_poll * 1e6:.0f} us",
