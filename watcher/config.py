@@ -149,6 +149,9 @@ class WatcherSettings:
     drain_timeout: float = 5.0
     #: Fraction of an interval by which polls are randomly spread (0 = none).
     jitter: float = 0.1
+    #: Seconds a delivered or suppressed outbox row is kept (0 = forever). The
+    #: events themselves are the history and are never pruned.
+    outbox_retention: float = 7 * 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -778,6 +781,7 @@ class _Loader:
             "listen": _Loader.listen,
             "drain_timeout": _Loader.seconds_or_zero,
             "jitter": _Loader.fraction,
+            "outbox_retention": _Loader.seconds_or_zero,
         }
         entries = self.fields("watcher", table, checks)
         values = {key: value for key, (_, value) in entries.items()}

@@ -13,6 +13,7 @@ import importlib
 import signal
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 
 import aiohttp
@@ -59,6 +60,11 @@ TLS_READ_BUFFER = 16 * 1024
 MAX_PENDING_EVENTS = 10_000
 #: Seconds between two attempts to write queued records while the journal fails.
 JOURNAL_RETRY_INTERVAL = 2.0
+#: Seconds between two prunings of old delivered outbox rows.
+OUTBOX_PRUNE_INTERVAL = 3600.0
+OUTBOX_PRUNED = "outbox.pruned"
+#: Rows deleted per transaction while pruning (the journal's default limit).
+PRUNE_BATCH = 10_000
 
 #: Seconds between two refreshes of systemd's STATUS line.
 STATUS_INTERVAL = 10.0
@@ -311,6 +317,7 @@ class Daemon:
                         tg.start_soon(self._watch_signals)
                     tg.start_soon(self._keep_systemd_informed)
                     tg.start_soon(self._retry_journal, recorder)
+                    tg.start_soon(self._prune_outbox, journal)
                     log.info(
                         DAEMON_STARTED,
                         servers=len(config.servers),
@@ -361,6 +368,27 @@ class Daemon:
             await anyio.sleep(JOURNAL_RETRY_INTERVAL)
             if recorder.pending_events or recorder.failure is not None:
                 await recorder.flush()
+
+    async def _prune_outbox(self, journal: Journal) -> None:
+        # Read the retention each round: a reload may change it.
+        while True:
+            retention = self.config.watcher.outbox_retention
+            if retention > 0:
+                before = self._clock.now() - timedelta(seconds=retention)
+                try:
+                    pruned = 0
+                    while True:
+                        count = await journal.call(journal.prune_outbox, before)
+                        pruned += count
+                        if count < PRUNE_BATCH:
+                            break
+                except JournalError as exc:
+                    # Not urgent: the recorder reports a failing journal loudly.
+                    log.warning("outbox.prune_failed", error=str(exc))
+                else:
+                    if pruned:
+                        log.info(OUTBOX_PRUNED, rows=pruned, before=before.isoformat())
+            await anyio.sleep(OUTBOX_PRUNE_INTERVAL)
 
     def _wake(self) -> None:
         if self._dispatcher is not None:

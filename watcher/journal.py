@@ -355,6 +355,13 @@ _OLDEST_PENDING: Final = """
     SELECT MIN(e.time) FROM outbox o JOIN events e ON e.seq = o.seq
     WHERE o.sink = ? AND o.status = 'pending'
 """
+_PRUNE: Final = """
+    DELETE FROM outbox WHERE rowid IN (
+        SELECT o.rowid FROM outbox AS o JOIN events AS e ON e.seq = o.seq
+        WHERE (o.status = 'delivered' AND o.delivered_at < :before)
+           OR (o.status = 'suppressed' AND e.time < :before)
+        LIMIT :limit)
+"""
 _DEAD_ROWS: Final = """
     SELECT o.sink, o.status, o.attempts, o.first_attempt_at, o.next_attempt_at,
         o.last_error, o.delivered_at, o.dead_at, o.seq, e.time, e.json
@@ -806,6 +813,18 @@ class Journal:
                     )
                 )
         return summaries
+
+    def prune_outbox(self, before: datetime, *, limit: int = 10_000) -> int:
+        """Delete up to ``limit`` delivered or suppressed rows older than ``before``.
+
+        Delivered rows by their delivery time, suppressed ones by their event's
+        time; pending and dead rows are never pruned. Returns how many went. The
+        limit keeps one transaction (and the journal's lock) short; call again
+        while it returns ``limit``.
+        """
+        params = {"before": _us(before), "limit": limit}
+        with self._writing("pruning the outbox") as conn:
+            return conn.execute(_PRUNE, params).rowcount
 
     def dead_rows(self, sink: str | None = None) -> list[OutboxRow]:
         """Every dead-lettered row (of one sink, if given), oldest event first."""

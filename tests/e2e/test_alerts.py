@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import signal
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,64 @@ def test_restore_completed_while_endpoint_down_is_delivered_after_restart(
     assert (ops["pending"], ops["dead"]) == (0, 0)
     assert SECRET not in daemon.stderr()
     assert receiver.url not in daemon.stderr()
+
+
+def test_delivered_outbox_rows_are_pruned_after_the_retention(
+    spawn, simulated_fleet, receiver: Receiver
+) -> None:
+    """Delivered rows past outbox_retention leave the outbox; the history stays."""
+    fleet = simulated_fleet("basic.toml")
+    add_webhook_sink(fleet.config, receiver.url)
+    env = {"E2E_WEBHOOK_SECRET": SECRET}
+    audit = fleet.config.parent / "state" / "events.jsonl"
+    db = fleet.config.parent / "state" / "state.sqlite3"
+    receiver.up()
+
+    daemon = spawn("run", "-c", str(fleet.config), env=env)
+    wait_for(
+        lambda: (
+            str(EventType.SERVER_RESTARTED) in [e["type"] for e in read_jsonl(audit)]
+            and len({json.loads(b)["id"] for _, b in receiver.posts})
+            == len(read_jsonl(audit))
+        ),
+        timeout=40,
+        what="every journaled event at the receiver",
+    )
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(timeout=20) == 0, daemon.stderr()
+    journaled = len(read_jsonl(audit))
+
+    def outbox_statuses() -> list[str]:
+        conn = sqlite3.connect(db)
+        try:
+            rows = conn.execute("SELECT status FROM outbox").fetchall()
+        finally:
+            conn.close()
+        return [status for (status,) in rows]
+
+    assert outbox_statuses() == ["delivered"] * journaled
+
+    text = fleet.config.read_text(encoding="utf-8")
+    fleet.config.write_text(
+        text.replace("[watcher]\n", "[watcher]\noutbox_retention = 0.001\n", 1),
+        encoding="utf-8",
+    )
+    daemon = spawn("run", "-c", str(fleet.config), env=env)
+    wait_for(
+        lambda: "outbox.pruned" in daemon.stderr(),
+        timeout=20,
+        what="the start-up pruning",
+    )
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(timeout=20) == 0, daemon.stderr()
+    (pruned,) = [
+        json.loads(line)
+        for line in daemon.stderr().splitlines()
+        if '"outbox.pruned"' in line
+    ]
+    assert pruned["rows"] == journaled
+    assert outbox_statuses() == []
+    history = spawn("events", "-c", str(fleet.config), "--json", env=env)
+    assert history.wait() == 0, history.stderr()
+    # One JSON object per line, one line per event: the history is untouched.
+    assert len(history.stdout().splitlines()) == journaled

@@ -412,7 +412,7 @@ BROKEN: list[tuple[str, str, dict[str, str], list[tuple[str, str]]]] = [
     (
         "watcher-values",
         "[watcher]\nstate_dir = 3\njitter = 1.5\nlisten = '9109'\n"
-        "drain_timeout = -1\n" + SERVER,
+        "drain_timeout = -1\noutbox_retention = '7d'\n" + SERVER,
         ENV,
         [
             ("watcher.state_dir", "expected a string, got integer"),
@@ -422,6 +422,7 @@ BROKEN: list[tuple[str, str, dict[str, str], list[tuple[str, str]]]] = [
                 "expected host:port, e.g. 127.0.0.1:9109 or [::1]:9109",
             ),
             ("watcher.drain_timeout", "must be 0 or more seconds, got -1"),
+            ("watcher.outbox_retention", "expected a number of seconds, got string"),
         ],
     ),
     (
@@ -1283,7 +1284,14 @@ def test_reference_example_documents_every_key() -> None:
 
     text = (REPO / "config" / "reference.toml").read_text(encoding="utf-8")
     documented = set(re.findall(r"^#? ?([a-z_]+) = ", text, flags=re.MULTILINE))
-    watcher_keys = {"state_dir", "audit_log", "listen", "drain_timeout", "jitter"}
+    watcher_keys = {
+        "state_dir",
+        "audit_log",
+        "listen",
+        "drain_timeout",
+        "jitter",
+        "outbox_retention",
+    }
     accepted = (
         set(module._SERVER_TABLE_CHECKS) | set(module._SINK_CHECKS) | watcher_keys
     )

@@ -627,6 +627,51 @@ def test_suppress_takes_a_row_out_of_the_queue(journal: Journal) -> None:
     assert journal.next_due("ops", at(5)) == _row(a2, seq=2)
 
 
+def test_prune_outbox_drops_only_old_delivered_and_suppressed_rows(
+    journal: Journal, paths: Paths
+) -> None:
+    """Delivered rows go by delivery time, suppressed by event time; the rest stay."""
+    old_done, new_done, old_quiet, new_quiet, waiting, dead = (
+        event("a", n) for n in range(1, 7)
+    )
+    journal.record("a", {}, [old_done, new_done, old_quiet, new_quiet, waiting, dead])
+    journal.mark_delivered("ops", old_done.id, at(50))
+    journal.mark_delivered("ops", new_done.id, at(100))
+    journal.suppress("ops", old_quiet.id, reason="superseded")
+    journal.dead_letter("ops", dead.id, error="HTTP 410 Gone", at=at(7))
+
+    assert journal.prune_outbox(at(60)) == 2
+    assert [(row[1], row[3]) for row in paths.outbox()] == [
+        (new_done.id, "delivered"),
+        (new_quiet.id, "pending"),
+        (waiting.id, "pending"),
+        (dead.id, "dead"),
+    ]
+    # Suppressed now, its event (T0 + 4 s) is already older than the cut-off.
+    journal.suppress("ops", new_quiet.id, reason="superseded")
+    assert journal.prune_outbox(at(60)) == 1
+    assert journal.prune_outbox(at(101)) == 1
+    assert [(row[1], row[3]) for row in paths.outbox()] == [
+        (waiting.id, "pending"),
+        (dead.id, "dead"),
+    ]
+    assert len(journal.events()) == 6
+    assert journal.next_due("ops", at(10)) == _row(waiting, seq=5)
+
+
+def test_prune_outbox_works_in_batches(journal: Journal, paths: Paths) -> None:
+    """At most ``limit`` rows go per call; calling again takes the rest."""
+    events = [event("a", n) for n in range(1, 6)]
+    journal.record("a", {}, events)
+    for e in events:
+        journal.mark_delivered("ops", e.id, at(10))
+
+    assert journal.prune_outbox(at(11), limit=2) == 2
+    assert journal.prune_outbox(at(11), limit=2) == 2
+    assert journal.prune_outbox(at(11), limit=2) == 1
+    assert paths.outbox() == []
+
+
 def test_updating_a_missing_row_is_an_error(journal: Journal) -> None:
     """Marking a row that does not exist raises instead of passing silently."""
     with pytest.raises(JournalError, match="no outbox row for sink ops"):
