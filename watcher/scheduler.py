@@ -33,6 +33,9 @@ from watcher.events import Event
 from watcher.phases import Phase
 from watcher.tracker import Failure, Observation, ServerState, step
 
+#: Logouts run at once when a reload drops servers.
+LOGOUT_CONCURRENCY = 32
+
 log = structlog.get_logger(__name__)
 
 POLL_OK: Final = "poll.ok"
@@ -391,8 +394,7 @@ class Fleet:
                 if self._tg is not None:
                     self._launch(self._tg, watch)
                 log.info(WATCH_STARTED, server=name, restarted=old is not None)
-            for poller in dropped:
-                await _logout(poller)
+            await _logout_all(dropped)
 
     def _watch(
         self, config: ServerConfig, poller: Poller, state: ServerState | None
@@ -442,6 +444,25 @@ def _carry_counters(old: ServerWatch, new: ServerWatch) -> None:
     new.polls_ok = old.polls_ok
     new.polls_failed = old.polls_failed
     new.crashes = old.crashes
+
+
+async def _logout_all(pollers: Sequence[Poller]) -> None:
+    """Log out of dropped servers side by side, a bounded number at a time.
+
+    One after another, a reload that drops a large part of the fleet would hold the
+    reload (and the signal loop waiting on it) for the sum of every logout's latency.
+    """
+    if not pollers:
+        return
+    limiter = anyio.CapacityLimiter(LOGOUT_CONCURRENCY)
+
+    async def one(poller: Poller) -> None:
+        async with limiter:
+            await _logout(poller)
+
+    async with anyio.create_task_group() as tg:
+        for poller in pollers:
+            tg.start_soon(one, poller)
 
 
 async def _logout(poller: Poller) -> None:

@@ -769,6 +769,31 @@ async def test_reconfigure_survives_a_logout_that_raises(
     ]
 
 
+async def test_reconfigure_logs_dropped_servers_out_side_by_side(
+    clock: VirtualClock,
+) -> None:
+    """Logouts of dropped servers overlap (bounded), not one after another."""
+    inside = 0
+    all_inside = anyio.Event()
+
+    class SlowLogout(ScriptedPoller):
+        async def logout(self) -> None:
+            nonlocal inside
+            inside += 1
+            if inside == 3:
+                all_inside.set()
+            # Serial logouts would never get a second one in here: deadlock.
+            await all_inside.wait()
+            await super().logout()
+
+    old = {name: SlowLogout(clock) for name in ("a", "b", "c")}
+    fleet = fleet_of(clock, dict(old), ListRecorder())
+    replacement = ScriptedPoller(clock)
+    with anyio.fail_after(10):  # a guard against the deadlock, not a timing
+        await fleet.reconfigure([server("d")], {"d": replacement})
+    assert [poller.logouts for poller in old.values()] == [1, 1, 1]
+
+
 async def test_system_clock_reads_real_time() -> None:
     """SystemClock gives aware UTC now, a monotonic reading and a working sleep."""
     clock = SystemClock()
