@@ -60,6 +60,7 @@ from tests.benchmark.common import (
     SimFleet,
     Spread,
     Tls,
+    add_run_options,
     make_tls,
     percentile,
     sample,
@@ -1070,14 +1071,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--steps", help="comma-separated poll rates for the throughput part"
     )
-    parser.add_argument("--no-pin", action="store_true", help="do not pin CPUs")
-    parser.add_argument("--keep", type=Path, help="keep work files in this directory")
-    parser.add_argument(
-        "--daemon-flag",
-        action="append",
-        default=[],
-        help="flag for tests/benchmark/launch.py (e.g. --gc-log), repeatable",
-    )
+    add_run_options(parser)
     args = parser.parse_args(argv)
     default = "ratio,throughput,fleet,fidelity" + ("" if args.quick else ",memory")
     parts = set((args.parts or default).split(","))

@@ -39,6 +39,7 @@ from tests.benchmark.common import (
     Children,
     Sample,
     ServerGroup,
+    add_run_options,
     make_tls,
     sample,
     say,
@@ -148,14 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=4.0, help="restore period")
     parser.add_argument("--servers", type=int, default=1000, help="fleet size")
-    parser.add_argument("--no-pin", action="store_true", help="do not pin CPUs")
-    parser.add_argument("--keep", type=Path, help="keep work files in this directory")
-    parser.add_argument(
-        "--daemon-flag",
-        action="append",
-        default=[],
-        help="flag for tests/benchmark/launch.py (e.g. --uvloop), repeatable",
-    )
+    add_run_options(parser)
     args = parser.parse_args(argv)
     seconds = args.minutes * 60.0
     pin = not args.no_pin and (os.cpu_count() or 1) >= 2

@@ -7,6 +7,7 @@ Everything here runs in the benchmark's own process; the measured programs
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import math
@@ -28,6 +29,19 @@ PY = sys.executable
 PASSWORD = "bench-password"  # simulator test data
 _TICK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options every benchmark script takes: pinning, work files, daemon flags."""
+    parser.add_argument("--no-pin", action="store_true", help="do not pin CPUs")
+    parser.add_argument("--keep", type=Path, help="keep work files in this directory")
+    parser.add_argument(
+        "--daemon-flag",
+        action="append",
+        default=[],
+        help="flag for tests/benchmark/launch.py (e.g. --uvloop, --stock-runtime), "
+        "repeatable",
+    )
 
 
 def say(line: str = "") -> None:

@@ -31,6 +31,8 @@ from typing import Any
 
 import aiohttp
 
+from tests.benchmark.commands import stdin_commands
+
 _API = "/SKLM/rest/v1/ckms"
 _KEEPALIVE = 900.0
 
@@ -99,21 +101,12 @@ async def _watch(
 
 
 async def _commands(pace: _Pace, stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), sys.stdin
-    )
-    while True:
-        raw = await reader.readline()
-        if not raw:
-            stop.set()
-            return
-        words = raw.decode().split()
+    async for words in stdin_commands():
         if len(words) == 2 and words[0] == "interval":
             pace.set(float(words[1]))
             sys.stdout.write(f"interval {float(words[1])}\n")
             sys.stdout.flush()
+    stop.set()
 
 
 async def _main(config: dict[str, Any]) -> None:

@@ -34,6 +34,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.benchmark.commands import stdin_commands
 from watcher.simulator import SimulatedServer, Simulator, load_scenario
 
 _arrivals: defaultdict[str, list[float]] = defaultdict(list)
@@ -66,18 +67,7 @@ def _say(line: str) -> None:
 
 
 async def _commands(simulator: Simulator) -> None:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), sys.stdin
-    )
-    while True:
-        raw = await reader.readline()
-        if not raw:
-            return
-        words = raw.decode().split()
-        if not words:
-            continue
+    async for words in stdin_commands():
         match words:
             case ["quit"]:
                 return

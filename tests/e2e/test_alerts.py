@@ -33,6 +33,19 @@ def add_webhook_sink(config: Path, url: str) -> None:
         )
 
 
+def wait_until_all_delivered(audit: Path, receiver: Receiver) -> None:
+    """Wait until the restore ended with the restart and the receiver has every event."""
+
+    def done() -> bool:
+        journaled = read_jsonl(audit)
+        posted = {json.loads(body)["id"] for _, body in receiver.posts}
+        return str(EventType.SERVER_RESTARTED) in [
+            e["type"] for e in journaled
+        ] and posted == {e["id"] for e in journaled}
+
+    wait_for(done, timeout=40, what="every journaled event at the receiver")
+
+
 def test_restore_completed_while_endpoint_down_is_delivered_after_restart(
     spawn, simulated_fleet, receiver: Receiver
 ) -> None:
@@ -63,15 +76,7 @@ def test_restore_completed_while_endpoint_down_is_delivered_after_restart(
 
     receiver.up()
     daemon = spawn("run", "-c", str(fleet.config), env=env)
-    wait_for(
-        lambda: (
-            str(EventType.SERVER_RESTARTED) in audit_types()
-            and len({json.loads(b)["id"] for _, b in receiver.posts})
-            == len(audit_types())
-        ),
-        timeout=40,
-        what="every journaled event at the receiver",
-    )
+    wait_until_all_delivered(audit, receiver)
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(timeout=20) == 0, daemon.stderr()
 
@@ -107,15 +112,7 @@ def test_delivered_outbox_rows_are_pruned_after_the_retention(
     receiver.up()
 
     daemon = spawn("run", "-c", str(fleet.config), env=env)
-    wait_for(
-        lambda: (
-            str(EventType.SERVER_RESTARTED) in [e["type"] for e in read_jsonl(audit)]
-            and len({json.loads(b)["id"] for _, b in receiver.posts})
-            == len(read_jsonl(audit))
-        ),
-        timeout=40,
-        what="every journaled event at the receiver",
-    )
+    wait_until_all_delivered(audit, receiver)
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(timeout=20) == 0, daemon.stderr()
     journaled = len(read_jsonl(audit))
