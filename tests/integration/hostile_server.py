@@ -17,12 +17,18 @@ import json
 import socket
 import ssl
 import struct
+import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from functools import cache
+from typing import Final, Literal
+
+import anyio
 
 #: The largest request head the server reads; a well-behaved client sends far less.
 MAX_REQUEST_HEAD: Final = 64 * 1024
+#: Where a sink under test posts (``hook=`` answers it).
+HOOK_PATH: Final = "/hook"
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +157,112 @@ async def idle(ex: Exchange) -> None:
     await ex.json("200 OK", {"code": "0", "status": "IDLE"})
 
 
+def answer(
+    status: str,
+    body: bytes | str,
+    *,
+    content_type: str | None = "application/json",
+    headers: Sequence[tuple[str, str]] = (),
+) -> Responder:
+    """A responder sending one well-framed response."""
+    data = body.encode() if isinstance(body, str) else body
+
+    async def respond(ex: Exchange) -> None:
+        await ex.respond(status, data, content_type=content_type, headers=headers)
+
+    return respond
+
+
+def raw(
+    data: bytes, *, then: Literal["keep", "close", "reset", "hang"] = "keep"
+) -> Responder:
+    """A responder writing ``data`` verbatim, then keeping, closing or resetting."""
+
+    async def respond(ex: Exchange) -> None:
+        await ex.send(data)
+        if then == "close":
+            ex.close()
+        elif then == "reset":
+            ex.reset()
+        elif then == "hang":
+            await ex.hang()
+
+    return respond
+
+
+def trickled(head: bytes, body: bytes, interval: float = 1.0) -> Responder:
+    """A responder sending ``head`` at once, then ``body`` a byte per ``interval``."""
+
+    async def respond(ex: Exchange) -> None:
+        await ex.send(head)
+        await ex.trickle(body, interval)
+        await ex.hang()
+
+    return respond
+
+
+def streamed(head: bytes, total: int) -> Responder:
+    """A responder sending ``head`` then ``total`` body bytes as fast as it may."""
+
+    async def respond(ex: Exchange) -> None:
+        await ex.stream(head, b" " * 65536, total)
+
+    return respond
+
+
+def redirect(status: str) -> Responder:
+    """A responder redirecting to the same path on the witness server."""
+
+    async def respond(ex: Exchange) -> None:
+        assert ex.server.witness is not None
+        location = ex.server.witness.url + ex.request.path
+        await ex.respond(status, b"", headers=[("Location", location)])
+
+    return respond
+
+
+async def headers_forever(ex: Exchange) -> None:
+    """Send a status line, then header lines until the client gives up."""
+    await ex.send(b"HTTP/1.1 200 OK\r\n")
+    for index in range(1_000_000):
+        await ex.send(b"X-Pad-%d: padding\r\n" % index)
+
+
+async def close_at_once(ex: Exchange) -> None:
+    """Close the connection without answering."""
+    ex.close()
+
+
+async def reset_at_once(ex: Exchange) -> None:
+    """Reset the connection without answering."""
+    ex.reset()
+
+
+@cache
+def gzip_bomb() -> bytes:
+    """About 40 KB of gzip (under the cap) that inflates to 40 MB of zeros."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    block = b"\0" * (1 << 20)
+    parts = [packer.compress(block) for _ in range(40)]
+    return b"".join(parts) + packer.flush()
+
+
+async def stopped_reading(server: HostileServer) -> None:
+    """The client closed the connection long before the server sent everything."""
+    with anyio.fail_after(10.0):  # a hang guard, not a speed assertion
+        await server.stream_done.wait()
+    stats = server.stream_stats
+    assert stats.aborted
+    assert stats.sent < stats.total // 2
+
+
+async def witness_untouched(server: HostileServer) -> None:
+    """The redirect's target never saw a connection."""
+    assert server.witness is not None
+    assert server.witness.connections == 0
+    assert server.witness.requests == []
+
+
 class HostileServer:
     """A raw HTTP/1.1 server on 127.0.0.1 answering with scripted (mis)behaviour.
 
@@ -160,6 +272,8 @@ class HostileServer:
         ssl_context: Serve TLS with this context.
         connection: Replace HTTP handling entirely: called per accepted connection
             (for TLS handshake failures, which happen before any request).
+        hook: The answer(s) to requests for :data:`HOOK_PATH` (a hostile webhook
+            or Slack receiver for the sink corpus), used in order; the last repeats.
     """
 
     def __init__(
@@ -169,8 +283,11 @@ class HostileServer:
         login: Responder = login_ok,
         ssl_context: ssl.SSLContext | None = None,
         connection: ConnectionHandler | None = None,
+        hook: Responder | Sequence[Responder] = idle,
     ) -> None:
         self._progress = (progress,) if callable(progress) else tuple(progress)
+        self._hook = (hook,) if callable(hook) else tuple(hook)
+        self.hook_requests = 0
         self._login = login
         self._ssl = ssl_context
         self._connection = connection
@@ -289,6 +406,10 @@ class HostileServer:
             await self._progress[index](ex)
         elif path.endswith("/ckms/logout"):
             await ex.json("200 OK", {})
+        elif path == HOOK_PATH:
+            index = min(self.hook_requests, len(self._hook) - 1)
+            self.hook_requests += 1
+            await self._hook[index](ex)
         else:
             await ex.json("404 Not Found", {"code": "CTGKM0001E", "message": "no"})
 

@@ -34,13 +34,10 @@ import asyncio
 import datetime
 import ipaddress
 import ssl
-import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
-from typing import Literal
 
 import aiohttp
 import anyio
@@ -57,9 +54,20 @@ from tests.integration.hostile_server import (
     Exchange,
     HostileServer,
     Responder,
+    answer,
+    close_at_once,
+    gzip_bomb,
+    headers_forever,
     idle,
     login_ok,
+    raw,
+    redirect,
     reset,
+    reset_at_once,
+    stopped_reading,
+    streamed,
+    trickled,
+    witness_untouched,
 )
 from watcher.client import MAX_BODY_BYTES, PollResult, SklmClient, create_session
 from watcher.config import Secret, ServerConfig
@@ -95,70 +103,6 @@ TlsFactory = Callable[[trustme.CA, Path], ssl.SSLContext]
 # -- responders ---------------------------------------------------------------------
 
 
-def answer(
-    status: str,
-    body: bytes | str,
-    *,
-    content_type: str | None = "application/json",
-    headers: Sequence[tuple[str, str]] = (),
-) -> Responder:
-    """A responder sending one well-framed response."""
-    data = body.encode() if isinstance(body, str) else body
-
-    async def respond(ex: Exchange) -> None:
-        await ex.respond(status, data, content_type=content_type, headers=headers)
-
-    return respond
-
-
-def raw(
-    data: bytes, *, then: Literal["keep", "close", "reset", "hang"] = "keep"
-) -> Responder:
-    """A responder writing ``data`` verbatim, then keeping, closing or resetting."""
-
-    async def respond(ex: Exchange) -> None:
-        await ex.send(data)
-        if then == "close":
-            ex.close()
-        elif then == "reset":
-            ex.reset()
-        elif then == "hang":
-            await ex.hang()
-
-    return respond
-
-
-def trickled(head: bytes, body: bytes, interval: float = 1.0) -> Responder:
-    """A responder sending ``head`` at once, then ``body`` a byte per ``interval``."""
-
-    async def respond(ex: Exchange) -> None:
-        await ex.send(head)
-        await ex.trickle(body, interval)
-        await ex.hang()
-
-    return respond
-
-
-def streamed(head: bytes, total: int) -> Responder:
-    """A responder sending ``head`` then ``total`` body bytes as fast as it may."""
-
-    async def respond(ex: Exchange) -> None:
-        await ex.stream(head, b" " * 65536, total)
-
-    return respond
-
-
-def redirect(status: str) -> Responder:
-    """A responder redirecting to the same path on the witness server."""
-
-    async def respond(ex: Exchange) -> None:
-        assert ex.server.witness is not None
-        location = ex.server.witness.url + ex.request.path
-        await ex.respond(status, b"", headers=[("Location", location)])
-
-    return respond
-
-
 def expired_session(
     code: str = "CTGKM6004E", status: str = "401 Unauthorized"
 ) -> Responder:
@@ -190,37 +134,11 @@ async def echo_session_id_in_header_line(ex: Exchange) -> None:
     ex.close()
 
 
-async def headers_forever(ex: Exchange) -> None:
-    """Send a status line, then header lines until the client gives up."""
-    await ex.send(b"HTTP/1.1 200 OK\r\n")
-    for index in range(1_000_000):
-        await ex.send(b"X-Pad-%d: padding\r\n" % index)
-
-
 async def continues_forever(ex: Exchange) -> None:
     """Send 100 Continue again and again, never a final answer."""
     while not ex.server.closing.is_set():
         await ex.send(b"HTTP/1.1 100 Continue\r\n\r\n")
         await ex.server.pause(0.01)
-
-
-async def close_at_once(ex: Exchange) -> None:
-    """Close the connection without answering."""
-    ex.close()
-
-
-async def reset_at_once(ex: Exchange) -> None:
-    """Reset the connection without answering."""
-    ex.reset()
-
-
-@cache
-def gzip_bomb() -> bytes:
-    """About 40 KB of gzip (under the cap) that inflates to 40 MB of zeros."""
-    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
-    block = b"\0" * (1 << 20)
-    parts = [packer.compress(block) for _ in range(40)]
-    return b"".join(parts) + packer.flush()
 
 
 def json_head(length: int | None = None, *, extra: str = "") -> bytes:
@@ -367,22 +285,6 @@ def self_signed_cert(_ca: trustme.CA, tmp: Path) -> ssl.SSLContext:
 
 
 # -- checks on what the server saw ---------------------------------------------------
-
-
-async def stopped_reading(server: HostileServer) -> None:
-    """The client closed the connection long before the server sent everything."""
-    with anyio.fail_after(HANG_GUARD):
-        await server.stream_done.wait()
-    stats = server.stream_stats
-    assert stats.aborted
-    assert stats.sent < stats.total // 2
-
-
-async def witness_untouched(server: HostileServer) -> None:
-    """The redirect's target never saw a connection."""
-    assert server.witness is not None
-    assert server.witness.connections == 0
-    assert server.witness.requests == []
 
 
 # -- the corpus ------------------------------------------------------------------------

@@ -127,9 +127,18 @@ def classify(
 
 
 def describe_client_error(exc: BaseException) -> str:
-    """Name a transport failure without its message (which may hold the URL)."""
+    """Name a transport failure without its message (which may hold the URL).
+
+    The operating system's reason is kept (``Connection refused``, ``Connection
+    reset by peer``); a response aiohttp could not parse is said to be malformed,
+    without quoting it (a hostile receiver could echo the URL's token back).
+    """
     name = type(exc).__name__
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"{name} (malformed HTTP response)"
     os_error = getattr(exc, "os_error", None)
+    if not isinstance(os_error, OSError) and isinstance(exc, OSError):
+        os_error = exc
     if isinstance(os_error, OSError) and os_error.strerror:
         return f"{name} ({os_error.strerror})"
     return name
