@@ -8,9 +8,12 @@ with, first:
 - ``--stock-runtime``: skip the daemon's tuning (``watcher.daemon.tune_runtime_for_service``:
   GC threshold and freeze, 16 KiB TLS read buffer), to measure it both ways;
 - ``--ssl-buffer BYTES``: asyncio's per-connection TLS read buffer (CPython 3.11:
-  256 KiB, ``asyncio.sslproto.SSLProtocol.max_size``) set to BYTES (prototype);
+  256 KiB, ``asyncio.sslproto.SSLProtocol.max_size``) set to BYTES (with
+  ``--stock-runtime``, or the daemon's tuning lowers anything above 16 KiB);
 - ``--keepalive SECONDS``: the daemon's idle keep-alive set to SECONDS instead of
   1.25 x the longest idle interval + 5 s (prototype: idle servers reconnect);
+- ``--trace-memory SECONDS FILE``: tracemalloc (8 frames); every SECONDS append the
+  25 biggest growths since the first snapshot to FILE (finding leaks in a soak).
 
 These only measure or prototype; the daemon's code is not changed.
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 import gc
 import importlib
 import sys
+import threading
 import time
 
 from watcher.cli import main as cli_main
@@ -42,6 +46,34 @@ def _log_gc() -> None:
     gc.callbacks.append(callback)
 
 
+def _trace_memory(every: float, path: str) -> None:
+    """Every ``every`` seconds, write the 25 biggest Python allocation growths since
+    the first snapshot (by line, 8 frames of traceback) to ``path``."""
+    tracemalloc = importlib.import_module("tracemalloc")
+    tracemalloc.start(8)
+
+    def run() -> None:
+        first = None
+        while True:
+            time.sleep(every)
+            snapshot = tracemalloc.take_snapshot().filter_traces(
+                (tracemalloc.Filter(False, tracemalloc.__file__),)
+            )
+            if first is None:
+                first = snapshot
+                continue
+            stats = snapshot.compare_to(first, "traceback")[:25]
+            with open(path, "a", encoding="utf-8") as out:
+                out.write(f"== at {time.monotonic():.0f}\n")
+                for stat in stats:
+                    out.write(
+                        f"{stat.size_diff / 1024:+.0f} KiB {stat.count_diff:+d}\n"
+                    )
+                    out.writelines(f"    {line}\n" for line in stat.traceback.format())
+
+    threading.Thread(target=run, daemon=True).start()
+
+
 def _stock_runtime() -> None:
     daemon = importlib.import_module("watcher.daemon")
     setattr(daemon, "tune_runtime_for_service", lambda: None)  # noqa: B010 - measurement
@@ -56,6 +88,9 @@ def main() -> int:
             importlib.import_module("uvloop").install()
         elif option == "--gc-log":
             _log_gc()
+        elif option == "--trace-memory":
+            every, path = float(args.pop(0)), args.pop(0)
+            _trace_memory(every, path)
         elif option == "--stock-runtime":
             _stock_runtime()
         elif option == "--ssl-buffer":
