@@ -11,8 +11,10 @@ with a webhook sink pointing at a receiver in this process (``127.0.0.1``) that
 answers 500 to a tenth of its requests. Every few seconds the daemon's RSS and open
 descriptors are sampled.
 
-Printed: RSS and fds over time and their slope after warm-up (flat?), restores
-recorded exactly vs ground truth, duplicates in the audit log, and whether the
+Printed: RSS and fds over time and their growth after warm-up (the first third of
+the run, at least 60 s: flat?), the daemon's live Python heap (allocated blocks,
+sampled by ``launch.py --heap-log``: a leak of objects shows there even when the
+allocator's high-water mark hides it in RSS), restores recorded exactly vs ground truth, duplicates in the audit log, and whether the
 receiver got every audit-log event at least once (and nothing else). Exit 0 when
 every check passes.
 """
@@ -64,8 +66,14 @@ IDLE_INTERVAL = 5.0
 ACTIVE_INTERVAL = 1.0
 #: Seconds between two restores of one server (IDLE), at random in this range.
 IDLE_BETWEEN = (20.0, 60.0)
-#: Samples before this many seconds are warm-up (connections, first journal rows).
-WARM_UP = 60.0
+#: Warm-up is the first third of the run, and at least this many seconds: RSS climbs
+#: (connections, first journal rows, then the allocator's high-water mark of the
+#: busiest moments) before it settles; a leak keeps climbing after.
+MIN_WARM_UP = 60.0
+#: Seconds between two samples of the daemon's live Python heap (``--heap-log``).
+HEAP_EVERY = 30.0
+#: Allowed growth of the live heap's median from the first to the last third.
+HEAP_TOLERANCE = 0.10
 SAMPLE_EVERY = 5.0
 
 
@@ -144,6 +152,18 @@ def _flat(
     return per_minute, growth, growth <= tolerance
 
 
+def _heap_samples(path: Path, warm_up: float) -> list[float]:
+    """Allocated blocks the daemon logged (``launch.py --heap-log``) after warm-up."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        at, _, rest = line.partition(" s blocks=")
+        if rest and float(at) >= warm_up:
+            out.append(float(rest.split()[0]))
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the soak; exit 0 when memory and fds are flat and nothing was lost."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -155,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pin = not args.no_pin and (os.cpu_count() or 1) >= 2
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="sklm-soak-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    heap_log = workdir / "heap.log"
     children = Children(workdir)
     started = time.monotonic()
     checks: list[tuple[str, str, bool]] = []
@@ -202,6 +223,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     PY,
                     "-m",
                     "tests.benchmark.launch",
+                    "--heap-log",
+                    str(HEAP_EVERY),
+                    str(heap_log),
                     *args.daemon_flag,
                     "--",
                     "--log-format",
@@ -258,7 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             posts = receiver.posts.copy()
             failed = receiver.failed
         took = time.monotonic() - started
-        steady = [s for s in samples if s.at - sim_start >= WARM_UP]
+        warm_up = max(MIN_WARM_UP, seconds / 3.0)
+        steady = [s for s in samples if s.at - sim_start >= warm_up]
         if len(steady) < 3:
             steady = samples[len(samples) // 2 :]
         rss_points = [(s.at, s.rss / 1e6) for s in steady]
@@ -279,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         checks.append(
             (
-                f"RSS flat after {WARM_UP:.0f} s warm-up (growth <= "
+                f"RSS flat after {warm_up:.0f} s warm-up (growth <= "
                 f"{rss_tolerance:.0f} MB)",
                 f"{rss_points[0][1] if rss_points else math.nan:.1f} -> "
                 f"{rss_points[-1][1] if rss_points else math.nan:.1f} MB, growth "
@@ -294,6 +319,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{fd_points[-1][1] if fd_points else math.nan:.0f}, growth "
                 f"{fd_growth:+.0f}, slope {fd_slope:+.2f} /min",
                 fd_flat,
+            )
+        )
+        heap = _heap_samples(heap_log, warm_up)
+        heap_third = max(1, len(heap) // 3)
+        heap_growth = (
+            statistics.median(heap[-heap_third:]) / statistics.median(heap[:heap_third])
+            - 1.0
+            if heap
+            else math.nan
+        )
+        checks.append(
+            (
+                "Python live heap flat after warm-up (allocated blocks, medians of "
+                f"thirds, growth <= {HEAP_TOLERANCE:.0%})",
+                f"{len(heap)} samples, "
+                + (
+                    f"{statistics.median(heap[:heap_third]):,.0f} -> "
+                    f"{statistics.median(heap[-heap_third:]):,.0f} blocks, "
+                    f"growth {heap_growth:+.1%}"
+                    if heap
+                    else "none"
+                ),
+                bool(heap) and heap_growth <= HEAP_TOLERANCE,
             )
         )
         result = compare(truth, events, names)

@@ -12,6 +12,8 @@ with, first:
   ``--stock-runtime``, or the daemon's tuning lowers anything above 16 KiB);
 - ``--keepalive SECONDS``: the daemon's idle keep-alive set to SECONDS instead of
   1.25 x the longest idle interval + 5 s (prototype: idle servers reconnect);
+- ``--heap-log SECONDS FILE``: every SECONDS append Python's allocated blocks and
+  tracked objects to FILE (cheap; tells a leak of objects from allocator growth);
 - ``--trace-memory SECONDS FILE``: tracemalloc (8 frames); every SECONDS append the
   25 biggest growths since the first snapshot to FILE (finding leaks in a soak).
 
@@ -74,6 +76,25 @@ def _trace_memory(every: float, path: str) -> None:
     threading.Thread(target=run, daemon=True).start()
 
 
+def _log_heap(every: float, path: str) -> None:
+    """Every ``every`` seconds append Python's live allocated blocks and object count
+    to ``path``: flat while RSS grows means the growth is outside Python's objects
+    (allocator high-water marks, C libraries), not a leak of ours."""
+
+    def run() -> None:
+        started = time.monotonic()
+        while True:
+            time.sleep(every)
+            line = (
+                f"{time.monotonic() - started:.0f} s blocks={sys.getallocatedblocks()} "
+                f"objects={len(gc.get_objects())}\n"
+            )
+            with open(path, "a", encoding="utf-8") as out:
+                out.write(line)
+
+    threading.Thread(target=run, daemon=True).start()
+
+
 def _stock_runtime() -> None:
     daemon = importlib.import_module("watcher.daemon")
     setattr(daemon, "tune_runtime_for_service", lambda: None)  # noqa: B010 - measurement
@@ -91,6 +112,9 @@ def main() -> int:
         elif option == "--trace-memory":
             every, path = float(args.pop(0)), args.pop(0)
             _trace_memory(every, path)
+        elif option == "--heap-log":
+            every, path = float(args.pop(0)), args.pop(0)
+            _log_heap(every, path)
         elif option == "--stock-runtime":
             _stock_runtime()
         elif option == "--ssl-buffer":
