@@ -27,7 +27,7 @@ from watcher.config import Config, ServerConfig, SinkConfig
 from watcher.dispatcher import Dispatcher
 from watcher.errors import ConfigError, JournalError
 from watcher.events import Event
-from watcher.journal import Journal, OutboxSummary
+from watcher.journal import PRUNE_LIMIT, Journal, OutboxSummary
 from watcher.notify import SystemdNotifier
 from watcher.scheduler import Fleet, WatchStats
 from watcher.service import (
@@ -63,8 +63,6 @@ JOURNAL_RETRY_INTERVAL = 2.0
 #: Seconds between two prunings of old delivered outbox rows.
 OUTBOX_PRUNE_INTERVAL = 3600.0
 OUTBOX_PRUNED = "outbox.pruned"
-#: Rows deleted per transaction while pruning (the journal's default limit).
-PRUNE_BATCH = 10_000
 
 #: Seconds between two refreshes of systemd's STATUS line.
 STATUS_INTERVAL = 10.0
@@ -380,7 +378,7 @@ class Daemon:
                     while True:
                         count = await journal.call(journal.prune_outbox, before)
                         pruned += count
-                        if count < PRUNE_BATCH:
+                        if count < PRUNE_LIMIT:
                             break
                 except JournalError as exc:
                     # Not urgent: the recorder reports a failing journal loudly.

@@ -355,6 +355,8 @@ _OLDEST_PENDING: Final = """
     SELECT MIN(e.time) FROM outbox o JOIN events e ON e.seq = o.seq
     WHERE o.sink = ? AND o.status = 'pending'
 """
+#: Outbox rows :meth:`Journal.prune_outbox` deletes per call (one short transaction).
+PRUNE_LIMIT: Final = 10_000
 _PRUNE: Final = """
     DELETE FROM outbox WHERE rowid IN (
         SELECT o.rowid FROM outbox AS o JOIN events AS e ON e.seq = o.seq
@@ -814,7 +816,7 @@ class Journal:
                 )
         return summaries
 
-    def prune_outbox(self, before: datetime, *, limit: int = 10_000) -> int:
+    def prune_outbox(self, before: datetime, *, limit: int = PRUNE_LIMIT) -> int:
         """Delete up to ``limit`` delivered or suppressed rows older than ``before``.
 
         Delivered rows by their delivery time, suppressed ones by their event's
