@@ -9,11 +9,11 @@ changed without losing tracker state or outbox rows.
 from __future__ import annotations
 
 import gc
-import importlib
 import signal
+from asyncio import sslproto
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -185,9 +185,9 @@ def tune_runtime_for_service() -> None:
     """
     _, middle, old = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, max(middle, 10), max(old, 10))
-    protocol = getattr(importlib.import_module("asyncio.sslproto"), "SSLProtocol", None)
-    if protocol is not None and getattr(protocol, "max_size", 0) > TLS_READ_BUFFER:
-        protocol.max_size = TLS_READ_BUFFER
+    # Not a public API: skipped quietly where a Python version lacks it.
+    if getattr(sslproto.SSLProtocol, "max_size", 0) > TLS_READ_BUFFER:
+        sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
     gc.collect()
     gc.freeze()
 
@@ -374,12 +374,7 @@ class Daemon:
             if retention > 0:
                 before = self._clock.now() - timedelta(seconds=retention)
                 try:
-                    pruned = 0
-                    while True:
-                        count = await journal.call(journal.prune_outbox, before)
-                        pruned += count
-                        if count < PRUNE_LIMIT:
-                            break
+                    pruned = await _prune_before(journal, before)
                 except JournalError as exc:
                     # Not urgent: the recorder reports a failing journal loudly.
                     log.warning("outbox.prune_failed", error=str(exc))
@@ -565,3 +560,13 @@ class Daemon:
             dead = sum(s.dead for s in summary)
             line += f", outbox {pending} pending, {dead} dead"
         return line
+
+
+async def _prune_before(journal: Journal, before: datetime) -> int:
+    """Prune the outbox in batches, letting other journal calls in between them."""
+    pruned = 0
+    while True:
+        count = await journal.call(journal.prune_outbox, before)
+        pruned += count
+        if count < PRUNE_LIMIT:
+            return pruned

@@ -14,8 +14,6 @@ with, first:
   1.25 x the longest idle interval + 5 s (prototype: idle servers reconnect);
 - ``--heap-log SECONDS FILE``: every SECONDS append Python's allocated blocks and
   tracked objects to FILE (cheap; tells a leak of objects from allocator growth);
-- ``--trace-memory SECONDS FILE``: tracemalloc (8 frames); every SECONDS append the
-  25 biggest growths since the first snapshot to FILE (finding leaks in a soak).
 
 These only measure or prototype; the daemon's code is not changed.
 """
@@ -47,34 +45,6 @@ def _log_gc() -> None:
         )
 
     gc.callbacks.append(callback)
-
-
-def _trace_memory(every: float, path: str) -> None:
-    """Every ``every`` seconds, write the 25 biggest Python allocation growths since
-    the first snapshot (by line, 8 frames of traceback) to ``path``."""
-    tracemalloc = importlib.import_module("tracemalloc")
-    tracemalloc.start(8)
-
-    def run() -> None:
-        first = None
-        while True:
-            time.sleep(every)
-            snapshot = tracemalloc.take_snapshot().filter_traces(
-                (tracemalloc.Filter(False, tracemalloc.__file__),)
-            )
-            if first is None:
-                first = snapshot
-                continue
-            stats = snapshot.compare_to(first, "traceback")[:25]
-            with open(path, "a", encoding="utf-8") as out:
-                out.write(f"== at {time.monotonic():.0f}\n")
-                for stat in stats:
-                    out.write(
-                        f"{stat.size_diff / 1024:+.0f} KiB {stat.count_diff:+d}\n"
-                    )
-                    out.writelines(f"    {line}\n" for line in stat.traceback.format())
-
-    threading.Thread(target=run, daemon=True).start()
 
 
 def _log_heap(every: float, path: str) -> None:
@@ -118,9 +88,6 @@ def main() -> int:
             importlib.import_module("uvloop").install()
         elif option == "--gc-log":
             _log_gc()
-        elif option == "--trace-memory":
-            every, path = float(args.pop(0)), args.pop(0)
-            _trace_memory(every, path)
         elif option == "--heap-log":
             every, path = float(args.pop(0)), args.pop(0)
             _log_heap(every, path)

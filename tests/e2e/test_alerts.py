@@ -13,7 +13,7 @@ from standardwebhooks.webhooks import Webhook
 
 from watcher.events import EventType
 
-from .conftest import Receiver, read_jsonl, wait_for
+from .conftest import Receiver, SimulatedFleet, read_jsonl, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -33,6 +33,16 @@ def add_webhook_sink(config: Path, url: str) -> None:
         )
 
 
+def webhook_fleet(
+    simulated_fleet, receiver: Receiver
+) -> tuple[SimulatedFleet, dict[str, str], Path]:
+    """basic.toml with a signed webhook sink: the fleet, the daemon's env, the audit log."""
+    fleet = simulated_fleet("basic.toml")
+    add_webhook_sink(fleet.config, receiver.url)
+    env = {"E2E_WEBHOOK_SECRET": SECRET}
+    return fleet, env, fleet.config.parent / "state" / "events.jsonl"
+
+
 def wait_until_all_delivered(audit: Path, receiver: Receiver) -> None:
     """Wait until the restore ended with the restart and the receiver has every event."""
 
@@ -50,10 +60,7 @@ def test_restore_completed_while_endpoint_down_is_delivered_after_restart(
     spawn, simulated_fleet, receiver: Receiver
 ) -> None:
     """Endpoint down + daemon restart: everything arrives later, signed, outbox empty."""
-    fleet = simulated_fleet("basic.toml")
-    add_webhook_sink(fleet.config, receiver.url)
-    env = {"E2E_WEBHOOK_SECRET": SECRET}
-    audit = fleet.config.parent / "state" / "events.jsonl"
+    fleet, env, audit = webhook_fleet(simulated_fleet, receiver)
 
     def audit_types() -> list[str]:
         return [e["type"] for e in read_jsonl(audit)]
@@ -104,10 +111,7 @@ def test_delivered_outbox_rows_are_pruned_after_the_retention(
     spawn, simulated_fleet, receiver: Receiver
 ) -> None:
     """Delivered rows past outbox_retention leave the outbox; the history stays."""
-    fleet = simulated_fleet("basic.toml")
-    add_webhook_sink(fleet.config, receiver.url)
-    env = {"E2E_WEBHOOK_SECRET": SECRET}
-    audit = fleet.config.parent / "state" / "events.jsonl"
+    fleet, env, audit = webhook_fleet(simulated_fleet, receiver)
     db = fleet.config.parent / "state" / "state.sqlite3"
     receiver.up()
 
