@@ -14,6 +14,8 @@ Rules, first match wins:
    ``max_backoff``; tighter while it matters: at most ``restart_interval`` while
    awaiting the restart after a restore (the server is *expected* to be away, and we
    want to see it come back), at most ``4 * active_interval`` while a restore runs.
+   The scheduler also cuts a backoff short at the outage's reporting deadline
+   (:func:`until_unreachable`), so ``sklm.server.unreachable`` is never late.
 3. Awaiting the restart after COMPLETED → ``restart_interval``.
 4. Within ``burst_polls`` polls after a phase change → ``burst_interval`` (never
    slower than the steady interval): the next phase may last milliseconds.
@@ -48,6 +50,10 @@ if TYPE_CHECKING:
 FIRST_BACKOFF_MAX: Final = 1.0
 #: While a restore runs, errors back off to at most this many ``active_interval``s.
 ACTIVE_BACKOFF_FACTOR: Final = 4.0
+#: Seconds past an outage's reporting deadline at which the deadline poll runs: a
+#: hair late rather than a hair early (float sums of monotonic readings), since a
+#: poll just before the deadline reports nothing and the next may be a backoff away.
+DEADLINE_MARGIN: Final = 0.001
 
 
 class WatchedState(Protocol):
@@ -260,6 +266,54 @@ def after_crash(
         backoff_cap(config, state),
     )
     return delay, Cadence(cadence.last_phase, 0, attempt, Mode.BACKOFF)
+
+
+class OutageState(Protocol):
+    """What :func:`until_unreachable` reads (``ServerState`` satisfies it)."""
+
+    @property
+    def awaiting_restart(self) -> bool:
+        """Whether the server should restart (or is restarting) after a restore."""
+        ...
+
+    @property
+    def outage_since_monotonic(self) -> float | None:
+        """When the outage in progress began; None while polls succeed."""
+        ...
+
+    @property
+    def unreachable_reported(self) -> bool:
+        """Whether the outage in progress was already reported."""
+        ...
+
+
+def until_unreachable(
+    config: ServerConfig, state: OutageState, monotonic: float
+) -> float | None:
+    """Return the seconds until the outage in progress is due to be reported.
+
+    The tracker reports an outage only on a failed poll at or after
+    ``unreachable_after`` (``restart_timeout`` after a restore); an error backoff of
+    up to ``max_backoff`` could put that poll far later. The scheduler waits no
+    longer than this, so ``sklm.server.unreachable`` fires on time (issue 11).
+    None when no outage is in progress, it was reported, or its deadline passed.
+
+    Args:
+        config: The server's configuration.
+        state: The tracker state after the failed poll.
+        monotonic: The failed poll's monotonic reading.
+    """
+    since = state.outage_since_monotonic
+    if since is None or state.unreachable_reported:
+        return None
+    if state.awaiting_restart:
+        limit = config.restart_timeout
+    else:
+        limit = config.unreachable_after
+    until = since + limit + DEADLINE_MARGIN - monotonic
+    # Past the deadline and still unreported cannot last (the next failed poll
+    # reports it); never turn that into a zero-delay spin.
+    return until if until > 0.0 else None
 
 
 def _steady(state: WatchedState) -> Mode:

@@ -21,7 +21,13 @@ import anyio
 import structlog
 
 from watcher import __version__, logs
-from watcher.config import Config, ServerConfig, load_config
+from watcher.config import (
+    Config,
+    PartialConfig,
+    ServerConfig,
+    load_config,
+    load_config_lenient,
+)
 from watcher.errors import ConfigError, ConfigProblem, SklmError, WatcherError
 
 if TYPE_CHECKING:
@@ -117,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(handler=_cmd_status)
 
     follow = sub.add_parser(
-        "follow", help="follow one restore to its end (exit 0 completed, 1 failed)"
+        "follow",
+        help="follow one restore to its end (exit 0 completed and back, 1 failed "
+        "or not back, 124 --timeout ran out)",
     )
     follow.add_argument("server", help="the server's name")
     _add_config(follow, required=False)
@@ -127,10 +135,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="report the last restore even if it has ended (default: wait for one)",
     )
     follow.add_argument(
-        "--timeout", type=_duration, default=None, help="give up after (e.g. 2h)"
+        "--timeout",
+        type=_duration,
+        default=None,
+        help="give up after (e.g. 2h): exit 124",
     )
     follow.add_argument(
         "--interval", type=float, default=0.5, help="seconds between two looks"
+    )
+    follow.add_argument(
+        "--json",
+        action="store_true",
+        help="print the view as one JSON object per line, each time it changes",
     )
     follow.set_defaults(handler=_cmd_follow)
 
@@ -188,7 +204,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="simulator + watcher: see it work")
     demo.add_argument(
-        "--keep", type=Path, default=None, help="keep state and audit log in DIR"
+        "--keep",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="keep state, audit log and configuration in DIR (default: a "
+        "temporary directory, removed on exit)",
+    )
+    demo.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="after the summary, go on watching the simulated fleet until Ctrl-C",
     )
     demo.set_defaults(handler=_cmd_demo)
     return parser
@@ -200,12 +226,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.debug else logging.INFO
     if args.command == "demo" and not args.debug:
-        level = logging.WARNING  # the demo prints its own readable lines
+        # The demo prints its own readable lines, events included: a poll failing
+        # during a scripted restart is its console's "unreachable", not a warning.
+        level = logging.ERROR
     as_json = {"auto": None, "json": True, "console": False}[args.log_format]
     logs.configure(json=as_json, level=level)
     handler: Handler = args.handler
     try:
-        return handler(args)
+        code = handler(args)
+        # Inside the try: a reader that left shows up at the last flush too.
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return _reader_left()
     except ConfigError as exc:
         print(f"sklm-watcher: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -216,6 +248,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_FAILURE
+    return code
+
+
+#: ``sklm-watcher events | head``: the reader closed the pipe early. 128 + SIGPIPE,
+#: what a shell reports for any command stopped that way (``set -o pipefail``).
+EXIT_BROKEN_PIPE: Final = 141
+
+
+def _reader_left() -> int:
+    """End quietly after the reader of standard output went away.
+
+    The standard way (Python's ``signal`` documentation): point standard output at
+    ``/dev/null`` so the interpreter's flush at exit does not raise again.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout replaced by one without a descriptor
+        pass
+    finally:
+        os.close(devnull)
+    return EXIT_BROKEN_PIPE
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -224,6 +278,27 @@ def _load(args: argparse.Namespace) -> Config:
     for warning in config.warnings:
         log.warning("config.warning", detail=warning)
     return config
+
+
+def _load_read_only(args: argparse.Namespace) -> PartialConfig:
+    """The configuration for a command that only reads (or silences): lenient.
+
+    Mid-incident the file may be half-edited while the daemon goes on with its last
+    good configuration; these commands need only ``[watcher]``, so they warn about
+    the problems on standard error and go on with what is valid.
+    """
+    partial = load_config_lenient(args.config)
+    if partial.problems:
+        count = len(partial.problems)
+        noun = "problem" if count == 1 else "problems"
+        print(
+            f"warning: {args.config}: {count} configuration {noun} "
+            "(the daemon keeps its last good configuration); showing what is stored:",
+            file=sys.stderr,
+        )
+        for problem in partial.problems:
+            print(f"  - {problem}", file=sys.stderr)
+    return partial
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -358,7 +433,9 @@ def _open_journal(config: Config, *, write: bool = False) -> Journal:
 
 
 def _cmd_outbox(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    from watcher.events import format_time
+
+    config = _load_read_only(args).config
     now = datetime.now(UTC)
     with _open_journal(config) as journal:
         summary = journal.outbox_summary(now)
@@ -386,7 +463,7 @@ def _cmd_outbox(args: argparse.Namespace) -> int:
                             "last_error": r.last_error,
                             "dead_at": None
                             if r.dead_at is None
-                            else r.dead_at.isoformat(),
+                            else format_time(r.dead_at),
                         }
                         for r in dead
                     ],
@@ -480,6 +557,13 @@ def _cmd_test_sink(args: argparse.Namespace) -> int:
     error = anyio.run(send)
     if error is not None:
         print(f"{args.sink}: FAILED: {error}", file=sys.stderr)
+        # Said plainly: an operator may otherwise wait for a retry that never comes.
+        print(
+            f"{args.sink}: the test event was sent once and is not queued or retried "
+            "(the daemon queues and retries real events); fix the sink and run "
+            "test-sink again",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
     print(f"{args.sink}: delivered test event {event.id}")
     return EXIT_OK
@@ -520,14 +604,30 @@ def _color(out: TextIO) -> bool:
 def _cmd_status(args: argparse.Namespace) -> int:
     from watcher import views
 
-    config = load_config(args.config)
+    partial = _load_read_only(args)
+    config = partial.config
     names = [s.name for s in config.servers]
     now = datetime.now(UTC)
     rows = _status_from_daemon(config.watcher.listen, now)
     if rows is None:
         # No daemon listening: the state database (saved on every transition).
+        running = _daemon_running(config.watcher.state_dir)
         with _open_journal(config) as journal:
-            rows = views.fleet_status(journal, now, names)
+            if partial.problems:
+                # Servers the broken part of the file names are still in the store.
+                known = set(names)
+                stored = views.fleet_status(journal, now)
+                names += [r.server for r in stored if r.server not in known]
+            rows = views.with_daemon(views.fleet_status(journal, now, names), running)
+        as_of = max((r.as_of for r in rows if r.as_of is not None), default=None)
+        if running is False:
+            print(f"no daemon running; {views.data_age(as_of, now)}", file=sys.stderr)
+        elif running is None:
+            print(
+                "cannot tell whether a daemon runs (its lock file is not readable); "
+                f"{views.data_age(as_of, now)}",
+                file=sys.stderr,
+            )
     if args.json:
         print(json.dumps([r.to_json() for r in rows], indent=2))
     else:
@@ -559,6 +659,7 @@ def _status_from_daemon(listen: str | None, now: datetime) -> list[Any] | None:
     def at(value: Any) -> datetime | None:
         return None if value is None else parse_time(str(value))
 
+    as_of = at(document.get("as_of")) or now
     rows = []
     for server in document.get("servers", []):
         since = at(server.get("since"))
@@ -575,15 +676,52 @@ def _status_from_daemon(listen: str | None, now: datetime) -> list[Any] | None:
                 restore_since=at(server.get("restore_started_at")) if active else None,
                 last_ok_at=at(server.get("last_ok_at")),
                 failures=int(server.get("consecutive_failures") or 0),
+                last_error=_optional_str(server.get("last_error")),
+                last_failure=_optional_str(server.get("last_failure")),
+                daemon_running=True,
+                as_of=as_of,
             )
         )
     return rows
 
 
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _daemon_running(state_dir: Path) -> bool | None:
+    """Whether a daemon holds ``state_dir``'s lock; None when that cannot be told.
+
+    A shared, non-blocking probe released at once: it never waits, and holds the
+    lock only for the instant of the probe.
+    """
+    import fcntl
+
+    from watcher.journal import LOCK_NAME
+
+    try:
+        fd = os.open(state_dir / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False  # no daemon ever ran here
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
 def _cmd_restores(args: argparse.Namespace) -> int:
     from watcher import views
 
-    config = load_config(args.config)
+    config = _load_read_only(args).config
     with _open_journal(config) as journal:
         rows = views.restores(journal, server=args.server, since=args.since)
     if args.json:
@@ -596,7 +734,7 @@ def _cmd_restores(args: argparse.Namespace) -> int:
 def _cmd_events(args: argparse.Namespace) -> int:
     from watcher import views
 
-    config = load_config(args.config)
+    config = _load_read_only(args).config
     with _open_journal(config) as journal:
         rows = views.events(
             journal, server=args.server, type_glob=args.type_glob, since=args.since
@@ -609,94 +747,168 @@ def _cmd_events(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+#: ``follow --timeout`` ran out before the restore ended: the code GNU
+#: ``timeout(1)`` uses, distinct from 0 (completed and back), 1 (failed or not
+#: back) and 2 (usage).
+EXIT_FOLLOW_TIMEOUT: Final = 124
+
+
 def _cmd_follow(args: argparse.Namespace) -> int:
     from watcher import views
 
-    config = load_config(args.config)
-    if args.server not in {s.name for s in config.servers}:
+    # Read-only: a half-edited file must not stop an operator following a restore.
+    config = _load_read_only(args).config
+    known = args.server in {s.name for s in config.servers}
+    if not known:
+        # Left out of a half-edited file, it may still be one the daemon watches.
+        with _open_journal(config) as journal:
+            known = args.server in journal.load_states()
+    if not known:
         raise ConfigError(
             [ConfigProblem("servers", f"no server named {args.server!r}")],
             source=str(args.config),
         )
     started = time.monotonic()
-    color = _color(sys.stdout)
-    shown: Any = None
-    first_restore: str | None = None
+    color = not args.json and _color(sys.stdout)
+    shown: str | None = None
+    # The restore being followed, once there is one: pinned, so that it is followed
+    # to its end (the restart after COMPLETED included) even if another one starts.
+    followed: str | None = None
+    # Without --last, the restore that had already ended when follow started is
+    # history: wait for the next one.
+    history: str | None = None
+    first_look = True
     waiting_said = False
     while True:
         with _open_journal(config) as journal:
-            view = views.follow_state(journal, args.server)
-        if first_restore is None and not args.last:
-            # Without --last, a restore that had ended before we started is history:
-            # wait for the next one.
-            first_restore = view.restore_id or ""
-        fresh = (
-            args.last
-            or view.restore_id != first_restore
-            or view.outcome
-            in (
-                views.Outcome.RUNNING,
-                views.Outcome.STALLED,
-            )
-        )
-        if fresh:
+            view = views.follow_state(journal, args.server, restore_id=followed)
+        if first_look:
+            first_look = False
+            ended = views.follow_outcome(view) is not None
+            if not args.last and view.restore_id is not None and ended:
+                history = view.restore_id
+        if followed is None and view.restore_id not in (None, history):
+            followed = view.restore_id
+        if followed is not None or args.last:
             key = json.dumps(view.to_json(), sort_keys=True)
             if key != shown:
                 shown = key
-                views.render_follow(view, console_file=sys.stdout, color=color)
+                if args.json:
+                    print(json.dumps(view.to_json(), ensure_ascii=False))
+                else:
+                    views.render_follow(
+                        view,
+                        console_file=sys.stdout,
+                        color=color,
+                        now=datetime.now(UTC),
+                    )
                 sys.stdout.flush()
             outcome = views.follow_outcome(view)
-            if outcome is not None:
+            if followed is not None and outcome is not None:
                 return outcome
         elif not waiting_said:
-            print(f"{args.server}: no restore running; waiting for one to start")
+            # With --json, standard output carries only JSON lines.
+            print(
+                f"{args.server}: no restore running; waiting for one to start",
+                file=sys.stderr if args.json else sys.stdout,
+            )
             sys.stdout.flush()
             waiting_said = True
         if args.timeout is not None and time.monotonic() - started > args.timeout:
-            print(f"{args.server}: gave up after {args.timeout:.0f} s", file=sys.stderr)
-            return EXIT_FAILURE
+            print(f"{args.server}: gave up after {args.timeout:g} s", file=sys.stderr)
+            return EXIT_FOLLOW_TIMEOUT
         time.sleep(args.interval)
 
 
 def _cmd_silence_add(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    from fnmatch import fnmatchcase
+
+    from watcher.events import format_time
+
+    partial = _load_read_only(args)
+    config = partial.config
     now = datetime.now(UTC)
     until = now + timedelta(seconds=args.duration)
     with _open_journal(config, write=True) as journal:
         silence_id = journal.add_silence(args.server_glob, until, args.reason, now)
     print(
-        f"silence {silence_id}: {args.server_glob} until {until.isoformat(timespec='seconds')}"
+        f"silence {silence_id}: {args.server_glob} until {format_time(until)}"
         " (events are journaled, not sent)"
     )
+    if not any(fnmatchcase(s.name, args.server_glob) for s in config.servers):
+        # Most likely a typo; kept anyway (a server may be added under that name).
+        which = "valid " if partial.problems else ""
+        print(
+            f"warning: {args.server_glob!r} matches none of the "
+            f"{len(config.servers)} {which}configured servers; "
+            f"check the name, or `sklm-watcher silence remove {silence_id}`",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 
 def _cmd_silence_list(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    from watcher.events import format_time
+
+    config = _load_read_only(args).config
+    now = datetime.now(UTC)
     with _open_journal(config) as journal:
-        found = journal.silences(datetime.now(UTC), include_expired=args.all)
+        found = journal.silences(now, include_expired=args.all)
     if args.json:
         print(json.dumps([s.to_json() for s in found], indent=2))
         return EXIT_OK
-    _print_table(
-        ("ID", "SERVERS", "UNTIL", "REASON"),
-        [
-            (str(s.id), s.server_glob, s.until.isoformat(timespec="seconds"), s.reason)
-            for s in found
-        ],
-    )
+    header: tuple[str, ...] = ("ID", "SERVERS", "UNTIL", "REASON")
+    rows: list[tuple[str, ...]] = [
+        (str(s.id), s.server_glob, format_time(s.until), s.reason) for s in found
+    ]
+    if args.all:
+        header += ("STATE", "REMOVED")
+        for i, s in enumerate(found):
+            if s.removed_at is not None:
+                state = "removed"
+                removed = f"{format_time(s.removed_at)} by {s.removed_by or 'unknown'}"
+            else:
+                state = "active" if s.is_active(now) else "expired"
+                removed = "-"
+            rows[i] += (state, removed)
+    _print_table(header, rows)
     return EXIT_OK
 
 
 def _cmd_silence_remove(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = _load_read_only(args).config
+    now = datetime.now(UTC)
     with _open_journal(config, write=True) as journal:
-        removed = journal.remove_silence(args.id)
+        removed = journal.remove_silence(args.id, at=now, by=_operator())
+        if not removed:
+            earlier = next(
+                (
+                    s
+                    for s in journal.silences(now, include_expired=True)
+                    if s.id == args.id
+                ),
+                None,
+            )
     if not removed:
-        print(f"no silence {args.id}", file=sys.stderr)
+        if earlier is not None and earlier.removed_at is not None:
+            print(f"silence {args.id} was already removed", file=sys.stderr)
+        else:
+            print(f"no silence {args.id}", file=sys.stderr)
         return EXIT_FAILURE
     print(f"silence {args.id} removed")
     return EXIT_OK
+
+
+def _operator() -> str:
+    """Who runs this command, for ``removed_by`` (``alice (as root)`` under sudo)."""
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):
+        user = f"uid {os.getuid()}"
+    sudo = os.environ.get("SUDO_USER")
+    return f"{sudo} (as {user})" if sudo and sudo != user else user
 
 
 def _cmd_audit_verify(args: argparse.Namespace) -> int:
@@ -706,7 +918,7 @@ def _cmd_audit_verify(args: argparse.Namespace) -> int:
     files: list[Path] = list(args.files)
     expect_last: str | None = None
     if not files:
-        config = load_config(args.config)
+        config = _load_read_only(args).config
         files = _audit_files(config.watcher.audit_log)
         try:
             with _open_journal(config) as journal:
@@ -752,6 +964,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from watcher import demo
 
     async def run() -> int:
-        return await demo.run(keep=args.keep)
+        return await demo.run(keep=args.keep, keep_running=args.keep_running)
 
-    return anyio.run(run)
+    try:
+        return anyio.run(run)
+    except KeyboardInterrupt:
+        # Ctrl-C before the demo's own signal handling was in place (while starting).
+        print("\nInterrupted while starting; nothing was recorded.", file=sys.stderr)
+        return 130  # 128 + SIGINT, what a shell reports for Ctrl-C

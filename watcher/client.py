@@ -20,6 +20,20 @@ exception is translated here, once, into the ``SklmError`` tree of
 Session expiry (401 CTGKM6004E, 400 CTGKM6002E) is the private ``_SessionExpired``:
 it triggers exactly one re-login per poll and never escapes.
 
+The progress path is discovered per server (unless ``progress_path`` is set):
+until one has answered 200, *any* 404 on a candidate means "try the other",
+whatever its body, because IBM's generic-failure 404 (with a CTGKM id) and a
+"no such path" 404 cannot be told apart; a 404 on both is a protocol error
+naming both answers. A path that answered 200 is kept: a 404 there later is a
+failure (a restarting server), not a reason to look elsewhere.
+
+Every error's ``detail`` is the reason in words, without the server's name:
+``connection refused``, ``certificate verify failed: unable to get local issuer
+certificate``, ``certificate does not match tls_fingerprint``, ``HTTP 404 from
+both progress paths (...)``; an error answer is quoted in its own words (``HTTP
+500 CTGKM0001E Internal server error. See the server log.``), scrubbed of
+secrets, then cut and freed of control characters.
+
 No error carries a secret: text quoted from a foreign exception is scrubbed of
 the password and session id, and a foreign exception that shows one anywhere
 (aiohttp's ``ClientResponseError`` repr holds the request's Authorization
@@ -42,10 +56,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from html.parser import HTMLParser
 from typing import Any, Final, TypeVar
 
 import aiohttp
@@ -60,6 +76,7 @@ from watcher.errors import (
     SklmProtocolError,
     SklmTlsError,
     SklmUnreachable,
+    one_line,
 )
 from watcher.phases import Phase
 
@@ -69,6 +86,13 @@ MAX_BODY_BYTES: Final = 64 * 1024
 MAX_SESSION_ID_CHARS: Final = 4096
 #: Longest excerpt of an offending value put in an error message.
 MAX_EXCERPT_CHARS: Final = 80
+#: Longest quote of an error answer's own words (``CTGKM0001E Internal ...``).
+MAX_ANSWER_CHARS: Final = 150
+#: Longest quote of each answer in the "404 from both progress paths" detail,
+#: so that both fit in one detail (``errors.MAX_DETAIL_CHARS``).
+MAX_MISS_CHARS: Final = 50
+#: How much of an HTML page is read for its words.
+MAX_PAGE_CHARS: Final = 16 * 1024
 
 #: Progress paths under ``api_base``, in the order discovery tries them: IBM's
 #: 4.1.x OpenAPI files and Java client use the first, the 4.2+ docs' URL line
@@ -207,7 +231,7 @@ class SklmClient:
             except (OSError, ValueError) as exc:
                 # One server's unreadable ca_file must not stop the fleet: its
                 # every request reports it instead.
-                self._tls_problem = f"cannot use its TLS settings ({_os_reason(exc)})"
+                self._tls_problem = f"cannot use its TLS settings: {_os_words(exc)}"
 
     @property
     def name(self) -> str:
@@ -320,16 +344,14 @@ class SklmClient:
         }
         reply = await self._request("POST", self._login_url, body=body)
         if reply.status == 401:
-            code = _ctgkm_id(reply.body)
-            why = f" ({code})" if code else ""
             raise SklmAuthError(
                 self._name,
                 f"login rejected the credentials of user "
-                f"{self._server.username!r}{why}",
+                f"{self._server.username!r}: {self._status_words(reply)}",
             )
         if reply.status != 200:
             raise SklmProtocolError(
-                self._name, f"login answered {self._describe_status(reply)}"
+                self._name, f"login answered {self._status_words(reply)}"
             )
         # The login answer holds the session id: never quote its body.
         data = _json_object(reply.body)
@@ -385,18 +407,28 @@ class SklmClient:
         if known is not None:
             reply = await self._get_progress(known)
             return self._parse_progress(reply, known), known
-        for path in self._candidates:
+        misses: list[tuple[str, _Reply]] = []
+        for suffix, path in zip(PROGRESS_PATHS, self._candidates, strict=True):
             reply = await self._get_progress(path)
-            if reply.status == 404 and _ctgkm_id(reply.body) is None:
-                continue  # no such path on this server: try the other
+            if reply.status == 404:
+                # Any 404, CTGKM body or not: a server that does not know this
+                # path may answer with IBM's generic-failure body too (issue 11).
+                misses.append((suffix, reply))
+                continue
             if reply.status == 200:
                 self._progress_path = path
                 _log.debug(LOG_PATH_DISCOVERED, server=self._name, path=path)
             return self._parse_progress(reply, path), path
+        answers = "; ".join(
+            f"{suffix}: {self._answer_words(reply, MAX_MISS_CHARS)}"
+            for suffix, reply in misses
+        )
         first, second = self._candidates
         raise SklmProtocolError(
             self._name,
-            f"neither {first} nor {second} exists (both answered HTTP 404)",
+            f"HTTP 404 from both progress paths ({answers})",
+            hint=f"tried {first} and {second}; check the server's url and api_base, "
+            "or set progress_path",
         )
 
     async def _get_progress(self, path: str) -> _Reply:
@@ -406,16 +438,27 @@ class SklmClient:
         return await self._request("GET", url, session_id=self._session_id)
 
     def _parse_progress(self, reply: _Reply, path: str) -> Phase:
+        # The path goes in the hint: the detail is the reason alone, in words.
+        hint = (
+            "the server may be starting up; if it persists, check the url and "
+            f"progress_path (polled {path})"
+        )
         if reply.status != 200:
-            raise SklmProtocolError(
-                self._name, f"{path} answered {self._describe_status(reply)}"
-            )
+            raise SklmProtocolError(self._name, self._status_words(reply), hint=hint)
         try:
             return _parse_progress_body(reply.body, reply.content_type)
         except _BadBody as exc:
             detail = exc.detail
+        scrubbed = self._scrub_bytes(reply.body)
+        if scrubbed != reply.body:
+            # Excerpts are cut before the detail is scrubbed, and a cut through
+            # a secret would leave part of it: describe the scrubbed body instead.
+            try:
+                _parse_progress_body(scrubbed, reply.content_type)
+            except _BadBody as exc:
+                detail = exc.detail
         # Raised outside the handler: the unscrubbed detail stays out of __context__.
-        raise SklmProtocolError(self._name, f"{path}: {self._scrub(detail)}")
+        raise SklmProtocolError(self._name, self._scrub(detail), hint=hint)
 
     # -- HTTP --------------------------------------------------------------
 
@@ -532,25 +575,29 @@ class SklmClient:
         if isinstance(exc, aiohttp.ServerFingerprintMismatch):
             return SklmTlsError(
                 self._name,
-                "certificate does not match tls_fingerprint: the server presented "
-                f"sha256:{exc.got.hex()}",
+                # The presented pin in the reason itself: status and events show
+                # only the detail, and the operator compares it out of band.
+                "certificate does not match tls_fingerprint (the server presented "
+                f"sha256:{exc.got.hex()})",
                 hint=f"check tls_fingerprint for {self._name} (the server's "
                 "certificate may have been renewed)",
             )
         if isinstance(exc, aiohttp.ClientConnectorCertificateError):
             cert_error = exc.certificate_error
-            reason = getattr(cert_error, "verify_message", None) or quote(
-                str(cert_error)
+            reason = getattr(cert_error, "verify_message", None) or _ssl_words(
+                cert_error
             )
-            return SklmTlsError(self._name, f"certificate not trusted ({reason})")
+            return SklmTlsError(
+                self._name, f"certificate verify failed: {reason.rstrip('.')}"
+            )
         if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
             cause = exc.os_error if isinstance(exc, aiohttp.ClientSSLError) else exc
-            reason = getattr(cause, "reason", None) or quote(str(cause))
-            return SklmTlsError(self._name, f"TLS handshake failed ({name}: {reason})")
+            return SklmTlsError(
+                self._name, f"TLS handshake failed: {_ssl_words(cause)}"
+            )
         if isinstance(exc, TimeoutError):
             return SklmUnreachable(
-                self._name,
-                f"no answer within {self._server.timeout:g} s ({name})",
+                self._name, f"no answer within {self._server.timeout:g} s"
             )
         if isinstance(exc, aiohttp.ClientConnectorError):
             if self._https and isinstance(exc.os_error, _CUT_OFF):
@@ -560,40 +607,36 @@ class SklmClient:
                 return SklmUnreachable(
                     self._name,
                     "connection closed during the TLS handshake "
-                    f"({name}: {_os_reason(exc.os_error)})",
+                    f"({_os_words(exc.os_error)})",
                     hint="check that the server is up; if it persists, check "
                     "that it accepts TLS 1.2 or later on this port",
                 )
-            return SklmUnreachable(
-                self._name, f"cannot connect ({name}: {_os_reason(exc.os_error)})"
-            )
+            return SklmUnreachable(self._name, _connect_words(exc))
         if isinstance(exc, aiohttp.ServerDisconnectedError):
-            return SklmUnreachable(
-                self._name, f"connection closed before an answer ({name})"
-            )
+            return SklmUnreachable(self._name, "connection closed before an answer")
         if isinstance(exc, aiohttp.ClientPayloadError):
             if _caused_by(exc, ContentEncodingError):
                 # The body arrived but does not decode: the server's fault,
                 # not the network's.
                 return SklmProtocolError(
-                    self._name,
-                    f"body does not match its Content-Encoding ({name}: "
-                    f"{quote(str(exc))})",
+                    self._name, "body does not match its Content-Encoding"
                 )
             return SklmUnreachable(
-                self._name, f"answer cut short ({name}: {quote(str(exc))})"
+                self._name, "answer cut short (the connection ended mid-body)"
             )
         if isinstance(exc, aiohttp.ClientResponseError):
             return SklmProtocolError(
-                self._name, f"malformed HTTP answer ({name}: {quote(exc.message)})"
+                self._name, f"malformed HTTP answer: {quote(exc.message) or name}"
             )
         if isinstance(exc, aiohttp.InvalidURL):
             return SklmProtocolError(
-                self._name, f"invalid URL ({name})", hint="check the server's url"
+                self._name, "invalid URL", hint="check the server's url"
             )
         if isinstance(exc, OSError):
-            return SklmUnreachable(self._name, f"{name}: {_os_reason(exc)}")
-        return SklmUnreachable(self._name, f"{name}: {quote(str(exc))}")
+            return SklmUnreachable(self._name, _os_words(exc))
+        return SklmUnreachable(
+            self._name, f"connection failed: {quote(str(exc)) or name}"
+        )
 
     def _secrets(self, session_id: Secret | None = None) -> list[str]:
         """The secret values that must never appear in an error."""
@@ -618,19 +661,27 @@ class SklmClient:
             current = current.__cause__ or current.__context__
         return False
 
-    def _describe_status(self, reply: _Reply) -> str:
-        code = _ctgkm_id(reply.body)
-        if code is None:
-            return f"HTTP {reply.status}"
-        if reply.status in (404, 500):
-            return f"HTTP {reply.status} {code} (SKLM's generic failure)"
-        return f"HTTP {reply.status} {code}"
+    def _status_words(self, reply: _Reply) -> str:
+        """``HTTP 500 CTGKM0001E Internal server error. ...``: status and its words."""
+        return f"HTTP {reply.status} {self._answer_words(reply, MAX_ANSWER_CHARS)}"
+
+    def _answer_words(self, reply: _Reply, limit: int) -> str:
+        """What an error answer says, in its own words: scrubbed, one line, cut."""
+        # Scrubbed before anything is cut, so no part of a secret survives a cut.
+        text = self._scrub(reply.body.decode("utf-8", "replace"))
+        return one_line(_body_words(text, reply.content_type), limit)
 
     def _scrub(self, text: str, session_id: Secret | None = None) -> str:
         """Mask the session id(s) and password should an answer echo them."""
         for secret in self._secrets(session_id):
             text = text.replace(secret, "***")
         return text
+
+    def _scrub_bytes(self, body: bytes) -> bytes:
+        """:meth:`_scrub` for a raw body."""
+        for secret in self._secrets():
+            body = body.replace(secret.encode(), b"***")
+        return body
 
 
 class _BadBody(Exception):
@@ -678,6 +729,13 @@ def _parse_progress_body(body: bytes, content_type: str = "") -> Phase:
         data = json.loads(text, object_pairs_hook=_JsonObject.from_pairs)
     except (ValueError, RecursionError):
         kind = content_type.split(";")[0].strip() or "no content type"
+        if "html" in kind.lower() or text.lstrip().startswith("<"):
+            # The page's words, not its markup: a servlet container's error
+            # page says what happened (``SRVE0190E: File not found``).
+            words = _page_text(text[:MAX_PAGE_CHARS])
+            raise _BadBody(
+                f"body is an HTML page, not JSON: {_excerpt(words)}"
+            ) from None
         raise _BadBody(f"body is not JSON ({_short(kind)}): {_excerpt(text)}") from None
     if not isinstance(data, dict):
         raise _BadBody(
@@ -765,8 +823,11 @@ def _json_object(body: bytes) -> dict[str, Any] | None:
 def _ctgkm_id(body: bytes) -> str | None:
     """The ``CTGKM....E`` id in ``code``, or at the start of ``message``, if any."""
     data = _json_object(body)
-    if data is None:
-        return None
+    return None if data is None else _ctgkm_of(data)
+
+
+def _ctgkm_of(data: Mapping[str, Any]) -> str | None:
+    """:func:`_ctgkm_id` for a parsed object."""
     code = _get_ci(data, "code")
     if isinstance(code, str) and (match := _CTGKM_ID.fullmatch(code.strip())):
         return match.group()
@@ -806,12 +867,127 @@ def _name_of(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def _os_reason(exc: BaseException) -> str:
-    errno = getattr(exc, "errno", None)
+def _os_words(exc: BaseException) -> str:
+    """An OS error in words: ``connection reset by peer``, ``no route to host``."""
     strerror = getattr(exc, "strerror", None)
-    if strerror:
-        return f"errno {errno}, {strerror}" if errno is not None else str(strerror)
-    return _short(str(exc)) or type(exc).__name__
+    text = str(strerror) if strerror else _short(str(exc))
+    return _lower_first(text) or type(exc).__name__
+
+
+# aiohttp 3.11 added ClientConnectorDNSError; older ones show a gaierror cause.
+_DNS_ERRORS: Final[tuple[type[BaseException], ...]] = tuple(
+    kind
+    for kind in (getattr(aiohttp, "ClientConnectorDNSError", None),)
+    if isinstance(kind, type)
+)
+
+
+def _connect_words(exc: aiohttp.ClientConnectorError) -> str:
+    """Why a connection could not be made, in the words an operator searches for."""
+    cause = exc.os_error
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, _DNS_ERRORS) or isinstance(cause, socket.gaierror):
+        return f"host name not resolved: {_os_words(cause)}"
+    return f"cannot connect: {_os_words(cause)}"
+
+
+def _lower_first(text: str) -> str:
+    """``Connection refused`` -> ``connection refused``; ``SSL`` stays ``SSL``."""
+    if len(text) > 1 and text[0].isupper() and text[1].islower():
+        return text[0].lower() + text[1:]
+    return text
+
+
+_SSL_CODE = re.compile(r"\[SSL: ([A-Z0-9_]+)\]")
+_SSL_NOISE = re.compile(
+    r"\[SSL(?:: [A-Z0-9_]+)?\]\s*|\s*\(_ssl\.c:\d+\)|^\[Errno -?\d+\]\s*"
+)
+
+
+def _ssl_words(exc: BaseException) -> str:
+    """An ``ssl`` error in OpenSSL's words (``wrong version number``)."""
+    text = str(getattr(exc, "strerror", None) or exc)
+    words = _SSL_NOISE.sub("", text).strip()
+    words = words.removeprefix("certificate verify failed: ")
+    if words:
+        return _short(words)
+    reason = getattr(exc, "reason", None)
+    match = _SSL_CODE.search(text)
+    code = reason if isinstance(reason, str) and reason else match and match[1]
+    if code:
+        return code.replace("_", " ").lower()
+    return type(exc).__name__
+
+
+_NOT_JSON: Final = object()
+
+
+def _body_words(text: str, content_type: str) -> str:
+    """What an answer's body says, for an error detail (not yet cut or cleaned).
+
+    IBM's ``{code, message}`` becomes ``CTGKM0001E Internal server error. ...``;
+    other JSON is quoted as JSON; an HTML page gives its text, without markup;
+    anything else is quoted as it is.
+    """
+    if not text.strip():
+        return "empty body"
+    try:
+        data: Any = json.loads(text)
+    except (ValueError, RecursionError):
+        data = _NOT_JSON
+    if isinstance(data, dict):
+        code = _ctgkm_of(data)
+        if code is None:
+            return f"JSON {text.strip()}"
+        message = _get_ci(data, "message")
+        words = message.strip() if isinstance(message, str) else ""
+        if words.startswith(code):
+            words = words[len(code) :].lstrip(" :-")
+        return f"{code} {words}".rstrip()
+    if data is not _NOT_JSON:
+        return f"JSON {text.strip()}"
+    if "html" in content_type.lower() or text.lstrip().startswith("<"):
+        words = _page_text(text[:MAX_PAGE_CHARS])
+        return f"HTML page: {words}" if words else "HTML page"
+    return text
+
+
+class _PageText(HTMLParser):
+    """Collects the visible text of an HTML page (not head, script or style)."""
+
+    _HIDDEN: Final = frozenset({"head", "title", "script", "style"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._hidden = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        """Enter a hidden element."""
+        if tag in self._HIDDEN:
+            self._hidden += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        """Leave a hidden element."""
+        if tag in self._HIDDEN and self._hidden:
+            self._hidden -= 1
+
+    def handle_data(self, data: str) -> None:
+        """Keep visible text."""
+        if not self._hidden:
+            self.parts.append(data)
+
+
+def _page_text(page: str) -> str:
+    """The visible text of an HTML page, on one line (best effort)."""
+    parser = _PageText()
+    try:
+        parser.feed(page)
+        parser.close()
+    except (AssertionError, ValueError):  # a page broken beyond HTMLParser's repair
+        pass
+    return " ".join(" ".join(parser.parts).split())
 
 
 # -- TLS -------------------------------------------------------------------

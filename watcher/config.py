@@ -99,7 +99,7 @@ class SinkConfig:
     """One notification sink: where events go and which of them."""
 
     name: str
-    #: ``webhook``, ``slack`` or ``log``.
+    #: ``webhook``, ``slack``, ``log``, ``pagerduty``, ``teams``, ``email`` or ``syslog``.
     type: str
     url: Secret | None = None
     #: Standard Webhooks signing secrets (``whsec_...``); several for rotation.
@@ -116,6 +116,33 @@ class SinkConfig:
     #: Minimum seconds between two messages (Slack's ~1 message/s per webhook).
     min_interval: float = 0.0
     allow_insecure_http: bool = False
+    # -- pagerduty ---------------------------------------------------------------
+    #: PagerDuty Events API v2 integration (routing) key.
+    routing_key: Secret | None = None
+    # -- email and syslog: a host and port instead of a URL ---------------------------
+    #: SMTP server or syslog relay.
+    host: str | None = None
+    #: Its port; None means the protocol's default (587 / 465 / 25, 6514 / 514).
+    port: int | None = None
+    #: email: ``starttls`` (default), ``tls`` (implicit TLS) or ``none``;
+    #: syslog: ``tls`` (RFC 5425, default), ``tcp`` or ``udp``.
+    transport: str | None = None
+    #: CA bundle for verifying the SMTP server or syslog relay; system CAs when None.
+    ca_file: Path | None = None
+    #: TLS verification for SMTP / syslog; on unless explicitly turned off.
+    verify_tls: bool = True
+    # -- email -------------------------------------------------------------------
+    username: str | None = None
+    password: Secret | None = None
+    #: The ``From:`` address (TOML key ``from``).
+    sender: str | None = None
+    #: ``To:`` addresses.
+    recipients: tuple[str, ...] = ()
+    # -- syslog ------------------------------------------------------------------
+    #: RFC 5424 facility name (``local0`` .. ``local7``, ``auth``, ``daemon``, ...).
+    facility: str = "local0"
+    #: RFC 5424 APP-NAME.
+    app_name: str = "sklm-watcher"
 
     def wants(self, event_type: str, server: str) -> bool:
         """Whether this sink should receive an event of this type about this server."""
@@ -131,8 +158,10 @@ SLACK_DEFAULT_EVENTS: Final = (
     "sklm.restore.failed",
     "sklm.restore.stalled",
     "sklm.server.unreachable",
+    "sklm.server.recovered",
     "sklm.server.restarted",
     "sklm.auth.failed",
+    "sklm.auth.recovered",
     "sklm.watcher.test",
 )
 
@@ -182,10 +211,63 @@ def _count(n: int, noun: str) -> str:
 
 
 #: Sink types :func:`load_config` accepts.
-SINK_TYPES: Final = ("webhook", "slack", "log")
+SINK_TYPES: Final = (
+    "webhook",
+    "slack",
+    "log",
+    "pagerduty",
+    "teams",
+    "email",
+    "syslog",
+)
+_SINK_TYPE_LIST: Final = ", ".join(SINK_TYPES[:-1]) + f" or {SINK_TYPES[-1]}"
 
 #: A Slack incoming webhook takes about one message per second.
 SLACK_MIN_INTERVAL: Final = 1.0
+
+#: Teams Workflows webhooks throttle bursts (Microsoft documents ~4 requests/s for
+#: channel webhooks and Power Automate flows queue beyond that): one a second.
+TEAMS_MIN_INTERVAL: Final = 1.0
+
+#: What a PagerDuty sink receives when its ``events`` is not set: every event that
+#: opens an alert (trigger) or closes one (resolve), and test events.
+PAGERDUTY_DEFAULT_EVENTS: Final = (
+    "sklm.restore.completed",
+    "sklm.restore.failed",
+    "sklm.restore.stalled",
+    "sklm.server.unreachable",
+    "sklm.server.recovered",
+    "sklm.server.restarted",
+    "sklm.auth.failed",
+    "sklm.auth.recovered",
+    "sklm.watcher.test",
+)
+
+#: RFC 5424 facility names; a name's index is its numeric code (local0 = 16).
+SYSLOG_FACILITIES: Final = (
+    "kern",
+    "user",
+    "mail",
+    "daemon",
+    "auth",
+    "syslog",
+    "lpr",
+    "news",
+    "uucp",
+    "cron",
+    "authpriv",
+    "ftp",
+    "ntp",
+    "security",
+    "console",
+    "solaris-cron",
+    *(f"local{i}" for i in range(8)),
+)
+
+#: ``transport`` values per sink type; the first is the default.
+SINK_TRANSPORTS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
+    {"email": ("starttls", "tls", "none"), "syslog": ("tls", "tcp", "udp")}
+)
 
 #: Credential files (passwords, URLs, secrets) larger than this are a mistake.
 MAX_SECRET_FILE_BYTES: Final = 64 * 1024
@@ -211,6 +293,38 @@ _SECONDS_KEYS: Final = (
 _PASSWORD_KEYS: Final = ("password", "password_env", "password_file")
 _URL_KEYS: Final = ("url", "url_env", "url_file")
 _SIGNING_KEYS: Final = ("secret", "secret_env", "secret_file")
+_ROUTING_KEY_KEYS: Final = ("routing_key", "routing_key_env", "routing_key_file")
+#: Keys every sink type takes.
+_SINK_COMMON_KEYS: Final = frozenset(
+    {"name", "type", "events", "servers", "timeout", "max_age", "min_interval"}
+)
+_SINK_HTTP_KEYS: Final = (*_URL_KEYS, "headers", "allow_insecure_http")
+_SINK_TLS_KEYS: Final = ("ca_file", "verify_tls")
+_SINK_HOST_KEYS: Final = ("host", "port", "transport", *_SINK_TLS_KEYS)
+_SINK_SMTP_KEYS: Final = ("username", *_PASSWORD_KEYS, "from", "to")
+_SINK_SYSLOG_KEYS: Final = ("facility", "app_name")
+#: The keys each sink type takes beyond the common ones; others are refused.
+_SINK_TYPE_KEYS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
+    {
+        "webhook": frozenset({*_SINK_HTTP_KEYS, *_SIGNING_KEYS}),
+        "slack": frozenset(_SINK_HTTP_KEYS),
+        "teams": frozenset(_SINK_HTTP_KEYS),
+        "pagerduty": frozenset({*_SINK_HTTP_KEYS, *_ROUTING_KEY_KEYS}),
+        "log": frozenset(),
+        "email": frozenset({*_SINK_HOST_KEYS, *_SINK_SMTP_KEYS}),
+        "syslog": frozenset({*_SINK_HOST_KEYS, *_SINK_SYSLOG_KEYS}),
+    }
+)
+#: Sink types whose URL must be https:// unless ``allow_insecure_http``, and how
+#: the refusal names them.
+_HTTPS_SINKS: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "slack": "a Slack webhook URL must use https://",
+        "teams": "a Teams webhook URL must use https://",
+        "pagerduty": "a PagerDuty URL must use https:// (the routing key is in "
+        "the body)",
+    }
+)
 #: Server keys copied as they are (after their type check) into ServerConfig.
 _PLAIN_SERVER_KEYS: Final = (
     "username",
@@ -241,6 +355,10 @@ _HEADER_NAME_RE: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _API_PATH_RE: Final = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*")
 _HEX64_RE: Final = re.compile(r"[0-9a-f]{64}")
 _WORD_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,32}")
+#: An address as SMTP takes it (no display name, no list): local@domain.
+_EMAIL_RE: Final = re.compile(r"[^\s@<>,;:\"()\[\]\\]+@[A-Za-z0-9.-]+")
+#: RFC 5424 APP-NAME: 1 to 48 printable US-ASCII characters, no space.
+_APP_NAME_RE: Final = re.compile(r"[!-~]{1,48}")
 #: Broad patterns offered as suggestions for an ``events`` glob that matches nothing.
 _EVENT_PATTERNS: Final = (
     *(str(t) for t in EventType),
@@ -279,6 +397,105 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         problems = sorted(loader.problems, key=_section_rank)
         raise ConfigError(problems, source=str(path))
     return config
+
+
+@dataclass(frozen=True, slots=True)
+class PartialConfig:
+    """What :func:`load_config_lenient` could build, and the problems it found."""
+
+    #: ``[watcher]`` and every server and sink that is valid on its own.
+    config: Config
+    #: Every problem :func:`load_config` would raise, in its order (empty: valid).
+    problems: tuple[ConfigProblem, ...] = ()
+
+
+def load_config_lenient(
+    path: Path, environ: Mapping[str, str] | None = None
+) -> PartialConfig:
+    """Load what can be loaded, for the read-only commands (``status``, ``events``...).
+
+    A file half-way through an edit must not lock the operator out of the stored
+    state while the daemon goes on with its last good configuration: these commands
+    need only ``[watcher]`` (where the state is). Servers and sinks that are valid
+    on their own are kept, the others left out; ``problems`` names all of them,
+    exactly as :func:`load_config` would. When the file is not even valid TOML, its
+    ``[watcher]`` section is read on its own.
+
+    Raises:
+        ConfigError: Not even ``[watcher]`` can be read (every problem named).
+    """
+    env = os.environ if environ is None else environ
+    strict = _Loader(path, env)
+    config = strict.load()
+    problems = tuple(sorted(strict.problems, key=_section_rank))
+    if config is not None and not problems:
+        return PartialConfig(config)
+    document = _lenient_document(path)
+    partial = _Loader(path, env)
+    settings = (
+        None if document is None else partial.watcher(document.get("watcher", {}))
+    )
+    if document is None or settings is None:
+        raise ConfigError(list(problems), source=str(path))
+    defaults = partial.defaults(document.get("defaults", {}))
+    servers: list[ServerConfig] = []
+    seen: dict[str, str] = {}
+    for index, table in _tables_of(document.get("servers")):
+        server = partial.server(index, table, defaults, seen)
+        if server is not None:
+            servers.append(server)
+    sinks: list[SinkConfig] = []
+    seen_sinks: dict[str, str] = {}
+    names = _server_names(document)
+    for index, table in _tables_of(document.get("sinks")):
+        sink = partial.sink(index, table, names, seen_sinks)
+        if sink is not None:
+            sinks.append(sink)
+    built = Config(
+        watcher=settings,
+        servers=tuple(servers),
+        sinks=tuple(sinks),
+        source=path.absolute(),
+        warnings=tuple(partial.warnings),
+    )
+    return PartialConfig(built, problems)
+
+
+#: A table header line (``[watcher]``, ``[[servers]]``), for reading one section alone.
+_HEADER_LINE_RE: Final = re.compile(r"\s*\[")
+_WATCHER_HEADER_RE: Final = re.compile(r"\s*\[\s*watcher\s*\]\s*(?:#.*)?")
+
+
+def _lenient_document(path: Path) -> dict[str, Any] | None:
+    """The parsed file; if it is not TOML, just its ``[watcher]`` section; or None."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        pass
+    section: list[str] = []
+    inside = False
+    for line in text.splitlines():
+        if _WATCHER_HEADER_RE.fullmatch(line):
+            inside = True
+        elif inside and _HEADER_LINE_RE.match(line):
+            break
+        if inside:
+            section.append(line)
+    try:
+        return tomllib.loads("\n".join(section))
+    except tomllib.TOMLDecodeError:
+        return None
+
+
+def _tables_of(raw: object) -> list[tuple[int, dict[str, Any]]]:
+    """The tables of an array of tables with their indices (anything else: none)."""
+    if not isinstance(raw, list):
+        return []
+    return [(i, t) for i, t in enumerate(raw) if isinstance(t, dict)]
 
 
 def _section_rank(problem: ConfigProblem) -> tuple[int, int]:
@@ -612,6 +829,61 @@ class _Loader:
         if not host or not port.isdigit() or int(port) > 65535:
             return self.problem(
                 key, "expected host:port, e.g. 127.0.0.1:9109 or [::1]:9109"
+            )
+        return value
+
+    def host(self, key: str, raw: object) -> object:
+        """A host name or IP address alone: no scheme, port or path."""
+        value = self.text(key, raw)
+        if not isinstance(value, str):
+            return value
+        if any(c.isspace() or ord(c) < 32 or c in "/@?#" for c in value):
+            return self.problem(
+                key,
+                "expected a host name or IP address only (e.g. smtp.example.com), "
+                "without scheme, user, path or spaces",
+            )
+        if ":" in value:
+            try:
+                ipaddress.IPv6Address(value.removeprefix("[").removesuffix("]"))
+            except ValueError:
+                return self.problem(
+                    key, "write the host name only; the port goes in the port key"
+                )
+            return value.removeprefix("[").removesuffix("]")
+        return value
+
+    def port(self, key: str, raw: object) -> object:
+        """A TCP/UDP port number, 1 to 65535."""
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            return self.problem(key, f"expected a port number, got {_type_name(raw)}")
+        if not 1 <= raw <= 65535:
+            return self.problem(key, f"must be a port from 1 to 65535, got {raw}")
+        return raw
+
+    def email_address(self, key: str, raw: object) -> object:
+        """One bare e-mail address (``ops@example.com``)."""
+        value = self.text(key, raw)
+        if isinstance(value, str) and not _EMAIL_RE.fullmatch(value.strip()):
+            return self.problem(
+                key,
+                "is not an e-mail address: write the bare address, e.g. "
+                "ops@example.com (no display name, one address per item)",
+            )
+        return value.strip() if isinstance(value, str) else value
+
+    def email_addresses(self, key: str, raw: object) -> object:
+        """``to``: one address or a list of them."""
+        return self.one_or_more(key, raw, _Loader.email_address)
+
+    def app_name(self, key: str, raw: object) -> object:
+        """An RFC 5424 APP-NAME."""
+        value = self.text(key, raw)
+        if isinstance(value, str) and not _APP_NAME_RE.fullmatch(value):
+            return self.problem(
+                key,
+                "must be 1 to 48 printable ASCII characters without spaces "
+                "(RFC 5424 APP-NAME)",
             )
         return value
 
@@ -1047,24 +1319,43 @@ class _Loader:
         self.drop_inapplicable(kind, entries)
         self.exclusive(entries, _URL_KEYS)
         self.exclusive(entries, _SIGNING_KEYS)
+        self.exclusive(entries, _ROUTING_KEY_KEYS)
+        self.exclusive(entries, _PASSWORD_KEYS)
         ok = _BAD not in (value for _, value in entries.values())
 
         url = self.sink_url(prefix, kind, entries)
         secrets = self.signing_secrets(entries)
+        extra = self.sink_extras(prefix, kind, entries)
         self.check_event_globs(entries)
         self.check_server_globs(entries, servers)
-        if not ok or name is None or kind is None or url is _BAD or secrets is None:
+        if (
+            not ok
+            or name is None
+            or kind is None
+            or url is _BAD
+            or secrets is None
+            or extra is None
+        ):
             return None
         values: dict[str, Any] = {
             key: entries[key][1]
             for key in ("events", "servers", "headers", "timeout", "max_age")
             if key in entries
         }
-        values.setdefault("events", SLACK_DEFAULT_EVENTS if kind == "slack" else ())
+        values.setdefault("events", _SINK_DEFAULT_EVENTS.get(kind, ()))
         if "min_interval" in entries:
             values["min_interval"] = entries["min_interval"][1]
-        elif kind == "slack":
-            values["min_interval"] = SLACK_MIN_INTERVAL
+        elif kind in _SINK_MIN_INTERVALS:
+            values["min_interval"] = _SINK_MIN_INTERVALS[kind]
+        if extra.get("verify_tls") is False and extra.get("transport") in (
+            "starttls",
+            "tls",
+        ):
+            self.warnings.append(
+                f"{prefix} ({name}): verify_tls = false: TLS CERTIFICATE "
+                f"VERIFICATION IS OFF; anyone on the network path can impersonate "
+                f"the {kind} server and read what is sent; set ca_file instead"
+            )
         return SinkConfig(
             name=name,
             type=kind,
@@ -1072,13 +1363,14 @@ class _Loader:
             secrets=secrets,
             allow_insecure_http=entries.get("allow_insecure_http", ("", False))[1],
             **values,
+            **extra,
         )
 
     def sink_type(self, prefix: str, entries: _Entries) -> str | None:
         """The sink's ``type``: one of :data:`SINK_TYPES`."""
         if "type" not in entries:
             self.problem(
-                f"{prefix}.type", "missing required key 'type' (webhook, slack or log)"
+                f"{prefix}.type", f"missing required key 'type' ({_SINK_TYPE_LIST})"
             )
             return None
         key, kind = entries["type"]
@@ -1090,28 +1382,23 @@ class _Loader:
         shown = f" {kind!r}" if _WORD_RE.fullmatch(kind) else ""
         close = difflib.get_close_matches(kind, SINK_TYPES, n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        self.problem(
-            key, f"unknown sink type{shown}: expected webhook, slack or log{hint}"
-        )
+        self.problem(key, f"unknown sink type{shown}: expected {_SINK_TYPE_LIST}{hint}")
         return None
 
     def drop_inapplicable(self, kind: str | None, entries: _Entries) -> None:
         """Keys that mean nothing for this sink type are problems, not silence."""
-        keys: tuple[str, ...]
-        if kind == "log":
-            keys = (*_URL_KEYS, *_SIGNING_KEYS, "headers", "allow_insecure_http")
-            why = "a log sink sends nothing over the network"
-        elif kind == "slack":
-            keys = _SIGNING_KEYS
-            why = "only webhook sinks are signed"
-        else:
+        if kind is None:
             return
-        for key in keys:
-            if key in entries:
-                path, _ = entries.pop(key)
-                self.problem(
-                    path, f"does not apply to a {kind} sink ({why}); remove it"
-                )
+        allowed = _SINK_TYPE_KEYS[kind]
+        for key in [k for k in entries if k not in _SINK_COMMON_KEYS]:
+            if key in allowed:
+                continue
+            path, _ = entries.pop(key)
+            self.problem(
+                path,
+                f"does not apply to {_a(kind)} sink ({_inapplicable(kind, key)}); "
+                "remove it",
+            )
 
     def sink_url(
         self, prefix: str, kind: str | None, entries: _Entries
@@ -1119,7 +1406,7 @@ class _Loader:
         """The sink's URL (a secret): checked, never shown."""
         source = next((key for key in _URL_KEYS if key in entries), None)
         if source is None:
-            if kind in ("webhook", "slack"):
+            if kind in ("webhook", "slack", "teams"):
                 return self.problem(
                     f"{prefix}.url",
                     f"missing: a {kind} sink needs url, url_env or url_file",
@@ -1135,11 +1422,11 @@ class _Loader:
             return self.problem(key, f"{origin} is not a usable URL: it {parts}")
         allow_http = entries.get("allow_insecure_http", ("", False))[1] is True
         if parts.scheme.lower() == "http":
-            if kind == "slack" and not allow_http:
+            if kind is not None and kind in _HTTPS_SINKS and not allow_http:
                 return self.problem(
                     key,
-                    "a Slack webhook URL must use https:// (allow_insecure_http = true "
-                    "only for a local test receiver)",
+                    f"{_HTTPS_SINKS[kind]} (allow_insecure_http = true only for a "
+                    "local test receiver)",
                 )
             if not _is_loopback(parts.hostname or ""):
                 self.warnings.append(
@@ -1147,6 +1434,187 @@ class _Loader:
                     "cross the network unencrypted"
                 )
         return secret
+
+    def sink_secret(
+        self, prefix: str, entries: _Entries, group: tuple[str, ...], missing: str
+    ) -> Secret | _Bad | None:
+        """One ``x`` / ``x_env`` / ``x_file`` secret of a sink; ``missing`` if required."""
+        source = next((key for key in group if key in entries), None)
+        if source is None:
+            return self.problem(f"{prefix}.{group[0]}", missing) if missing else None
+        key, value = entries[source]
+        secret = self.secret_from(source, key, value)
+        if source == group[0] and isinstance(secret, Secret):
+            # As for an inline SKLM password (issue 11): the file is read by more
+            # people and tools than a credential is, and ends up in backups.
+            what = "routing key" if source == "routing_key" else "SMTP password"
+            self.warnings.append(
+                f"{key}: the {what} is written in the configuration file; prefer "
+                f"{source}_env or {source}_file (a systemd credential)"
+            )
+        return secret
+
+    def sink_extras(
+        self, prefix: str, kind: str | None, entries: _Entries
+    ) -> dict[str, Any] | None:
+        """The type-specific fields (pagerduty, email, syslog); None if any is bad."""
+        if kind == "pagerduty":
+            return self.pagerduty_fields(prefix, entries)
+        if kind in ("email", "syslog"):
+            return self.host_fields(prefix, kind, entries)
+        return {}
+
+    def pagerduty_fields(self, prefix: str, entries: _Entries) -> dict[str, Any] | None:
+        """``routing_key`` (required, a secret)."""
+        key = self.sink_secret(
+            prefix,
+            entries,
+            _ROUTING_KEY_KEYS,
+            "missing: a pagerduty sink needs routing_key_env, routing_key_file or "
+            "routing_key (the integration key of the service's Events API v2 "
+            "integration)",
+        )
+        if not isinstance(key, Secret):
+            return None
+        value = key.reveal()
+        if any(c.isspace() or ord(c) < 32 or c in "/:@?" for c in value):
+            source = next(k for k in _ROUTING_KEY_KEYS if k in entries)
+            path, raw = entries[source]
+            origin = self.origin(source, path, raw)
+            self.problem(
+                path,
+                f"{origin} is not an integration key (letters and digits, e.g. "
+                "32 characters; not a URL)",
+            )
+            return None
+        return {"routing_key": key}
+
+    def host_fields(
+        self, prefix: str, kind: str, entries: _Entries
+    ) -> dict[str, Any] | None:
+        """host, port, transport and TLS for email and syslog, then their own keys."""
+        out: dict[str, Any] = {}
+        bad = False
+        if "host" not in entries:
+            what = "SMTP server" if kind == "email" else "syslog relay or SIEM"
+            self.problem(
+                f"{prefix}.host", f"missing: {_a(kind)} sink needs the {what} host"
+            )
+            bad = True
+        else:
+            out["host"] = entries["host"][1]
+        if "port" in entries:
+            out["port"] = entries["port"][1]
+        transports = SINK_TRANSPORTS[kind]
+        transport = transports[0]
+        if "transport" in entries:
+            key, value = entries["transport"]
+            if isinstance(value, str) and value not in transports:
+                names = ", ".join(transports[:-1]) + f" or {transports[-1]}"
+                shown = f" {value!r}" if _WORD_RE.fullmatch(value) else ""
+                self.problem(key, f"unknown transport{shown}: expected {names}")
+                bad = True
+            elif isinstance(value, str):
+                transport = value
+        out["transport"] = transport
+        tls = transport in ("starttls", "tls")
+        for name in _SINK_TLS_KEYS:
+            if name in entries and not tls:
+                self.problem(
+                    entries[name][0],
+                    f"applies only with TLS; transport = {transport!r} sends in "
+                    "the clear",
+                )
+                bad = True
+        if "verify_tls" in entries:
+            out["verify_tls"] = entries["verify_tls"][1]
+        if "ca_file" in entries and tls:
+            key, value = entries["ca_file"]
+            if isinstance(value, Path):
+                checked = self.check_ca_file(key, self.config_path(value))
+                bad = bad or isinstance(checked, _Bad)
+                out["ca_file"] = checked
+        extra = (
+            self.email_fields(prefix, entries, transport, out.get("host"))
+            if kind == "email"
+            else self.syslog_fields(entries)
+        )
+        if extra is None or bad:
+            return None
+        host = out.get("host")
+        if not tls and isinstance(host, str) and not _is_loopback(host):
+            self.warnings.append(
+                f"{prefix}.transport: transport = {transport!r} to a "
+                "non-loopback host: events cross the network unencrypted"
+            )
+        return {**out, **extra}
+
+    def email_fields(
+        self, prefix: str, entries: _Entries, transport: str, host: object
+    ) -> dict[str, Any] | None:
+        """from, to, and the SMTP credentials (both or neither)."""
+        out: dict[str, Any] = {}
+        bad = False
+        for key, field_name in (("from", "sender"), ("to", "recipients")):
+            if key in entries:
+                out[field_name] = entries[key][1]
+            else:
+                self.problem(f"{prefix}.{key}", _EMAIL_MISSING[key])
+                bad = True
+        password = self.sink_secret(prefix, entries, _PASSWORD_KEYS, "")
+        has_password = any(key in entries for key in _PASSWORD_KEYS)
+        if isinstance(password, _Bad):
+            bad = True
+        elif isinstance(password, Secret):
+            out["password"] = password
+        if "username" in entries:
+            out["username"] = entries["username"][1]
+            if not has_password:
+                self.problem(
+                    f"{prefix}.password",
+                    "missing: a username needs password_env, password_file or "
+                    "password (SMTP AUTH takes both)",
+                )
+                bad = True
+        elif has_password:
+            path = next(entries[k][0] for k in _PASSWORD_KEYS if k in entries)
+            self.problem(path, "a password needs a username (SMTP AUTH takes both)")
+            bad = True
+        if (
+            has_password
+            and transport == "none"
+            and not (isinstance(host, str) and _is_loopback(host))
+        ):
+            path = entries["transport"][0] if "transport" in entries else prefix
+            self.problem(
+                path,
+                "transport = 'none' would send the SMTP password unencrypted to a "
+                "non-loopback host; use starttls or tls",
+            )
+            bad = True
+        return None if bad else out
+
+    def syslog_fields(self, entries: _Entries) -> dict[str, Any] | None:
+        """facility (a name from RFC 5424) and app_name."""
+        out: dict[str, Any] = {}
+        if "facility" in entries:
+            key, value = entries["facility"]
+            if not isinstance(value, str):
+                return None
+            if value not in SYSLOG_FACILITIES:
+                shown = f" {value!r}" if _WORD_RE.fullmatch(value) else ""
+                close = difflib.get_close_matches(value, SYSLOG_FACILITIES, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                self.problem(
+                    key,
+                    f"unknown facility{shown}: expected an RFC 5424 name such as "
+                    f"local0 .. local7, auth, daemon or user{hint}",
+                )
+                return None
+            out["facility"] = value
+        if "app_name" in entries:
+            out["app_name"] = entries["app_name"][1]
+        return out
 
     def signing_secrets(self, entries: _Entries) -> tuple[Secret, ...] | None:
         """Standard Webhooks secrets, first the one to sign with; None if any is bad."""
@@ -1167,6 +1635,13 @@ class _Loader:
                     secret = self.problem(item_key, f"{origin} {reason}")
             if isinstance(secret, Secret):
                 out.append(secret)
+        if source == "secret" and out and len(out) == len(values):
+            # As for an inline password (issue 11): the file is read by more
+            # people and tools than a credential is, and ends up in backups.
+            self.warnings.append(
+                f"{key}: the signing secret is written in the configuration file; "
+                "prefer secret_env or secret_file (a systemd credential)"
+            )
         return tuple(out) if len(out) == len(values) else None
 
     def check_event_globs(self, entries: _Entries) -> None:
@@ -1195,6 +1670,52 @@ class _Loader:
                     f"{key}[{i}]",
                     f"pattern {pattern!r} matches no configured server{hint}",
                 )
+
+
+#: Each sink type's ``events`` when the key is not set (others: every event).
+_SINK_DEFAULT_EVENTS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
+    {
+        "slack": SLACK_DEFAULT_EVENTS,
+        "teams": SLACK_DEFAULT_EVENTS,
+        "email": SLACK_DEFAULT_EVENTS,
+        "pagerduty": PAGERDUTY_DEFAULT_EVENTS,
+    }
+)
+#: Each sink type's ``min_interval`` when the key is not set (others: 0).
+_SINK_MIN_INTERVALS: Final[Mapping[str, float]] = MappingProxyType(
+    {"slack": SLACK_MIN_INTERVAL, "teams": TEAMS_MIN_INTERVAL}
+)
+_EMAIL_MISSING: Final = {
+    "from": "missing: an email sink needs from (the sender, e.g. from = "
+    '"sklm-watcher@example.com")',
+    "to": "missing: an email sink needs to (one address or a list, e.g. "
+    'to = ["ops@example.com"])',
+}
+
+
+def _a(kind: str) -> str:
+    """``a`` or ``an`` before a sink type."""
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
+
+
+def _inapplicable(kind: str, key: str) -> str:
+    """Why ``key`` means nothing for a ``kind`` sink (no value is ever shown)."""
+    if kind == "log":
+        return "a log sink sends nothing over the network"
+    if key in _SIGNING_KEYS:
+        return "only webhook sinks are signed"
+    if key in _ROUTING_KEY_KEYS:
+        return "only pagerduty sinks take a routing key"
+    if key in _SINK_HTTP_KEYS:
+        return f"{_a(kind)} sink connects to host and port, not to a URL"
+    if key in _SINK_HOST_KEYS:
+        return (
+            f"{_a(kind)} sink posts to its URL; host, port, transport and TLS keys "
+            "are for email and syslog sinks"
+        )
+    if key in _SINK_SMTP_KEYS:
+        return "only email sinks take SMTP credentials and addresses"
+    return "only syslog sinks take facility and app_name"
 
 
 def _server_names(document: Mapping[str, Any]) -> list[str] | None:
@@ -1278,4 +1799,24 @@ _SINK_CHECKS: Final[dict[str, _Check]] = {
     "max_age": _Loader.seconds,
     "min_interval": _Loader.seconds_or_zero,
     "allow_insecure_http": _Loader.flag,
+    # pagerduty
+    "routing_key": _Loader.inline_secret,
+    "routing_key_env": _Loader.env_name,
+    "routing_key_file": _Loader.file_path,
+    # email and syslog
+    "host": _Loader.host,
+    "port": _Loader.port,
+    "transport": _Loader.text,
+    "ca_file": _Loader.file_path,
+    "verify_tls": _Loader.flag,
+    # email
+    "username": _Loader.text,
+    "password": _Loader.inline_secret,
+    "password_env": _Loader.env_name,
+    "password_file": _Loader.file_path,
+    "from": _Loader.email_address,
+    "to": _Loader.email_addresses,
+    # syslog
+    "facility": _Loader.text,
+    "app_name": _Loader.app_name,
 }

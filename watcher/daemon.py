@@ -9,10 +9,12 @@ changed without losing tracker state or outbox rows.
 from __future__ import annotations
 
 import gc
+import logging
 import signal
 from asyncio import sslproto
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -37,7 +39,7 @@ from watcher.service import (
     parse_listen,
 )
 from watcher.sinks import build_sink
-from watcher.sinks.base import Sink
+from watcher.sinks.base import Sink, close_sinks
 from watcher.tracker import ServerState
 
 log = structlog.get_logger(__name__)
@@ -240,8 +242,9 @@ class Daemon:
         self._started = anyio.Event()
         if self._stop_requested:
             self._stop.set()
-        for warning in self.config.warnings:
-            log.warning(CONFIG_WARNING, detail=warning)
+        # The start-up configuration's warnings are the loader's caller's to log
+        # (the CLI logs them as it loads): logging them here too said each twice
+        # (issue 11). A reload loads, so it logs them (_apply).
         journal = Journal.open(
             self.config.watcher.state_dir,
             self.config.watcher.audit_log,
@@ -251,8 +254,27 @@ class Daemon:
         try:
             await self._run(journal, self._stop, self._started)
         finally:
+            pending = self._pending_notifications(journal)
             journal.close()
-            log.info(DAEMON_STOPPED)
+            unjournaled = self.recorder.pending_events if self.recorder else 0
+            # Pending rows are delivered after the next start; events never
+            # journaled are lost, which is worth more than an info line.
+            log.log(
+                logging.ERROR if unjournaled else logging.INFO,
+                DAEMON_STOPPED,
+                pending_notifications=pending,
+                unjournaled_events=unjournaled,
+            )
+
+    def _pending_notifications(self, journal: Journal) -> int | None:
+        """Outbox rows not yet delivered (None when the journal cannot say)."""
+        try:
+            # Synchronously: everything else has stopped, and this may run while
+            # the task is being cancelled, where no await would complete.
+            summary = journal.outbox_summary(self._clock.now())
+        except JournalError:
+            return None
+        return sum(s.pending for s in summary)
 
     async def wait_started(self) -> None:
         """Return once polling has started (call after :meth:`run` was started)."""
@@ -351,13 +373,19 @@ class Daemon:
         # loop starts the next one with the new sinks.
         while True:
             configs = {c.name: c for c in self.config.sinks}
-            sinks: dict[str, Sink] = {
+            built: dict[str, Sink] = {
                 name: build_sink(c, session, self._clock) for name, c in configs.items()
             }
-            sinks.update(self._extra_sinks)
+            sinks = {**built, **self._extra_sinks}
             dispatcher = Dispatcher(journal, sinks, configs, self._clock)
             self._dispatcher = dispatcher
-            await dispatcher.run()
+            try:
+                await dispatcher.run()
+            finally:
+                # A syslog sink keeps its relay connection open between events;
+                # the next dispatcher builds its own sinks.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
+                    await close_sinks(built.values())
             if self._stop is not None and self._stop.is_set():
                 return
 
@@ -477,7 +505,19 @@ class Daemon:
         if new.sinks != old.sinks and self._dispatcher is not None:
             # Draining returns the old dispatcher's run(); the loop builds the new one.
             await self._dispatcher.drain(new.watcher.drain_timeout)
-        log.info(RELOAD_APPLIED, servers=len(new.servers), sinks=len(new.sinks))
+        servers = _changes(old.servers, new.servers)
+        sinks = _changes(old.sinks, new.sinks)
+        log.info(
+            RELOAD_APPLIED,
+            servers=len(new.servers),
+            sinks=len(new.sinks),
+            servers_added=servers.added,
+            servers_removed=servers.removed,
+            servers_changed=servers.changed,
+            sinks_added=sinks.added,
+            sinks_removed=sinks.removed,
+            sinks_changed=sinks.changed,
+        )
 
     def _clients_for(
         self,
@@ -560,6 +600,29 @@ class Daemon:
             dead = sum(s.dead for s in summary)
             line += f", outbox {pending} pending, {dead} dead"
         return line
+
+
+@dataclass(frozen=True, slots=True)
+class _Changes:
+    """What a reload did to one list of named things, by name, in config order."""
+
+    added: list[str]
+    removed: list[str]
+    changed: list[str]
+
+
+def _changes(
+    old: Sequence[ServerConfig | SinkConfig], new: Sequence[ServerConfig | SinkConfig]
+) -> _Changes:
+    before = {item.name: item for item in old}
+    after = {item.name: item for item in new}
+    return _Changes(
+        added=[name for name in after if name not in before],
+        removed=[name for name in before if name not in after],
+        changed=[
+            name for name, item in after.items() if before.get(name, item) != item
+        ],
+    )
 
 
 async def _prune_before(journal: Journal, before: datetime) -> int:

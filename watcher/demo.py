@@ -5,14 +5,22 @@ built-in simulator plays the shipped ``demo`` scenario over HTTPS (TLS verified
 against the simulator's own CA), the real daemon watches it with a real journal in a
 temporary state directory, every event is printed as it is delivered, and at the end
 each server's record is compared with the simulator's ground truth.
+
+Without trustme (a plain ``pip install``) the simulator speaks plain HTTP on loopback,
+said in one line. SIGINT / SIGTERM are the demo's, not the daemon's: Ctrl-C ends it at
+once with what was recorded so far and no verdict (a restore cut short is not a
+mismatch), exit 128 + the signal number.
 """
 
 from __future__ import annotations
 
+import signal
+import ssl
 import sys
 import tempfile
+import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +34,7 @@ from watcher.events import Event, EventType
 from watcher.phases import Phase
 from watcher.simulator import (
     Simulator,
+    TlsUnavailableError,
     load_scenario,
     make_tls,
     scenario_path,
@@ -152,24 +161,97 @@ def summary_rows(events: Sequence[Event], servers: Sequence[str]) -> list[list[s
     return rows
 
 
-async def run(*, keep: Path | None = None, out: TextIO | None = None) -> int:
-    """Run the demo; return 0 when every server's record matches the ground truth."""
+async def run(
+    *,
+    keep: Path | None = None,
+    keep_running: bool = False,
+    out: TextIO | None = None,
+) -> int:
+    """Run the demo and return its exit code.
+
+    0 when every server's record matches the ground truth, 1 when one does not, and
+    128 + the signal's number (130 for Ctrl-C) when SIGINT or SIGTERM ends it before
+    the scripted restores have. With ``keep_running`` the daemon goes on watching the
+    fleet after the summary; SIGINT / SIGTERM then end it with the verdict's code.
+    With ``keep`` the state, audit log and configuration stay in that directory;
+    otherwise they live in a temporary one, removed on exit.
+    """
     stream = out if out is not None else sys.stdout
-    if keep is not None:
-        await anyio.Path(keep).mkdir(parents=True, exist_ok=True)
-        return await _run_in(keep, stream)
-    with tempfile.TemporaryDirectory(prefix="sklm-watcher-demo-") as tmp:
-        return await _run_in(Path(tmp), stream)
+    interrupt = _Interrupt()
+    # The demo, not the daemon, owns SIGINT / SIGTERM: Ctrl-C must also end the wait
+    # for the scripted outcomes, not only the daemon's polling.
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(interrupt.watch, signals)
+            if keep is not None:
+                workdir = Path(await anyio.Path(keep).resolve())
+                await anyio.Path(workdir).mkdir(parents=True, exist_ok=True)
+                code = await _run_in(
+                    workdir, stream, interrupt, keep_running, kept=True
+                )
+            else:
+                with tempfile.TemporaryDirectory(prefix="sklm-watcher-demo-") as tmp:
+                    code = await _run_in(
+                        Path(tmp), stream, interrupt, keep_running, kept=False
+                    )
+            tg.cancel_scope.cancel()
+    return code
 
 
-async def _run_in(workdir: Path, out: TextIO) -> int:
+class _Interrupt:
+    """SIGINT / SIGTERM as the demo sees them: they cancel what it is waiting for."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._scope: anyio.CancelScope | None = None
+
+    async def watch(self, signals: AsyncIterator[int]) -> None:
+        """Record the first signal and cancel the guarded scope on every one."""
+        # Reading on after the first signal: a second Ctrl-C during the (bounded)
+        # shutdown must not become a KeyboardInterrupt traceback.
+        async for signum in signals:
+            if self.signum is None:
+                self.signum = signum
+            if self._scope is not None:
+                self._scope.cancel()
+
+    def guard(self, scope: anyio.CancelScope) -> anyio.CancelScope:
+        """Make ``scope`` the one a signal cancels (at once if one came already)."""
+        self._scope = scope
+        if self.signum is not None:
+            scope.cancel()
+        return scope
+
+
+async def _run_in(
+    workdir: Path,
+    out: TextIO,
+    interrupt: _Interrupt,
+    keep_running: bool,
+    *,
+    kept: bool,
+) -> int:
     scenario = load_scenario(scenario_path("demo"))
-    ca_pem, server_tls, _ = make_tls()
-    ca_file = workdir / "simulator-ca.pem"
-    ca_file.write_bytes(ca_pem)
+    ca_file: Path | None = None
+    server_tls: ssl.SSLContext | None = None
+    try:
+        ca_pem, server_tls, _ = make_tls()
+    except TlsUnavailableError:
+        # A plain `pip install sklm-watcher` has no trustme (it is in the simulator
+        # extra); loopback HTTP still shows everything the demo is about.
+        print(
+            "sklm-watcher demo: trustme is not installed, so the simulated servers "
+            "speak plain HTTP on 127.0.0.1 (pip install 'sklm-watcher[simulator]' "
+            "for HTTPS)",
+            file=out,
+        )
+    else:
+        ca_file = workdir / "simulator-ca.pem"
+        ca_file.write_bytes(ca_pem)
     truth_file = workdir / "ground-truth.jsonl"
     truth_file.unlink(missing_ok=True)
     started_at = datetime.now(UTC)
+    started = time.monotonic()
     async with Simulator(
         scenario, ssl_context=server_tls, ground_truth=truth_file
     ) as simulator:
@@ -182,25 +264,57 @@ async def _run_in(workdir: Path, out: TextIO) -> int:
         config = replace(load_config(config_file), warnings=())
         console = ConsoleSink(out, started_at)
         names = [s.name for s in config.servers]
+        how = (
+            "over plain HTTP"
+            if ca_file is None
+            else f"over HTTPS (TLS verified with {ca_file.name})"
+        )
         print(
-            f"sklm-watcher demo: {len(names)} simulated SKLM servers over HTTPS "
-            f"(TLS verified with {ca_file.name}); state in {workdir}",
+            f"sklm-watcher demo: {len(names)} simulated SKLM servers {how}; "
+            f"state in {workdir}",
             file=out,
         )
         print("Events as the watcher records them (Ctrl-C ends early):\n", file=out)
-        daemon = Daemon(config, extra_sinks={console.name: console})
+        daemon = Daemon(
+            config, extra_sinks={console.name: console}, handle_signals=False
+        )
         expected = {
             spec.name: [_OUTCOME_EVENT[r.outcome] for r in spec.restores]
             for spec in scenario.servers
         }
+        code: int | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(daemon.run)
-            with anyio.move_on_after(MAX_SECONDS):
+            with interrupt.guard(anyio.CancelScope()), anyio.move_on_after(MAX_SECONDS):
                 while not _all_seen(console.seen, expected):
                     await console.changed.wait()
+            if interrupt.signum is None and keep_running:
+                # Reported while the daemon runs on: the audit log is read up to
+                # its last complete line.
+                code = _report(out, workdir, names, simulator.truth)
+                _say_keep_running(out, workdir, config_file)
+                with interrupt.guard(anyio.CancelScope()):
+                    await anyio.sleep_forever()
+                print("\nStopped.", file=out)
             daemon.stop()
-        events = daemon_events(workdir)
         truth = simulator.truth
+    if code is None:
+        if interrupt.signum is None:
+            code = _report(out, workdir, names, truth)
+        else:
+            code = 128 + interrupt.signum
+            _report_interrupted(
+                out, workdir, names, time.monotonic() - started, interrupt.signum
+            )
+    print(_where_state_is(workdir, kept=kept), file=out, flush=True)
+    return code
+
+
+def _report(
+    out: TextIO, workdir: Path, names: Sequence[str], truth: Iterable[Mapping[str, Any]]
+) -> int:
+    """Print the summary and the check against ground truth; 0 if it matches, else 1."""
+    events = daemon_events(workdir)
     print("\nSummary", file=out)
     _print_rows(
         out,
@@ -220,20 +334,75 @@ async def _run_in(workdir: Path, out: TextIO) -> int:
             f"  {check.server}: truth {check.truth}, recorded {check.recorded}",
             file=out,
         )
-    print(f"Audit log: {workdir / 'state' / 'events.jsonl'}", file=out)
+    for name in names:
+        if name not in checks:
+            print(
+                f"  {name}: not counted: no restore ran on it (it stayed IDLE), "
+                "so there were no phases to compare",
+                file=out,
+            )
+    out.flush()
     return 0 if not bad else 1
 
 
+def _report_interrupted(
+    out: TextIO, workdir: Path, names: Sequence[str], after: float, signum: int
+) -> None:
+    """Print what was recorded before a signal ended the demo, without a verdict."""
+    name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+    print(
+        f"\nInterrupted ({name}) after {after:.1f} s, before the scripted restores "
+        "had ended.",
+        file=out,
+    )
+    print("\nSummary so far", file=out)
+    _print_rows(
+        out,
+        ["SERVER", "OUTCOME", "PHASES SEEN / INFERRED", "RESTORE TOOK"],
+        summary_rows(daemon_events(workdir), names),
+    )
+    print(
+        "\nThe record is not compared with the simulator's ground truth: "
+        "the restores had not ended.",
+        file=out,
+    )
+
+
+def _say_keep_running(out: TextIO, workdir: Path, config_file: Path) -> None:
+    print(
+        "\n--keep-running: the watcher goes on watching the simulated fleet; "
+        "Ctrl-C ends it.\n"
+        f"  audit log:   {workdir / 'state' / 'events.jsonl'}\n"
+        f"  look at it:  sklm-watcher status -c {config_file}",
+        file=out,
+        flush=True,
+    )
+
+
+def _where_state_is(workdir: Path, *, kept: bool) -> str:
+    """The closing line: where the audit log is, if it is still there."""
+    audit = workdir / "state" / "events.jsonl"
+    if not kept:
+        return (
+            "The state and audit log were in a temporary directory, now removed; "
+            "sklm-watcher demo --keep DIR keeps them."
+        )
+    if audit.exists():
+        return f"Audit log: {audit}"
+    return f"No event was recorded, so there is no audit log; state in {workdir}"
+
+
 def daemon_events(workdir: Path) -> list[Event]:
-    """The events the demo's daemon wrote to its audit log, in order."""
+    """The events the demo's daemon wrote to its audit log, in order.
+
+    A last line without its newline (the daemon is still writing it) is left out.
+    """
     path = workdir / "state" / "events.jsonl"
     if not path.exists():
         return []
-    return [
-        Event.from_json(line)
-        for line in path.read_text(encoding="utf-8").splitlines()
-        if line.strip()
-    ]
+    text = path.read_text(encoding="utf-8")
+    complete = text[: text.rfind("\n") + 1]
+    return [Event.from_json(line) for line in complete.splitlines() if line.strip()]
 
 
 def _all_seen(

@@ -20,7 +20,32 @@ contain a secret, a URL query or a header value: callers pass names, not values.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
+from typing import Final
+
+#: The longest ``SklmError.detail``: a reason in words for a log line, a status
+#: column or an event field, not a transcript of what the server sent.
+MAX_DETAIL_CHARS: Final = 200
+#: The longest ``SklmError.hint`` (it may name paths and a fingerprint).
+MAX_HINT_CHARS: Final = 400
+
+
+def one_line(text: str, limit: int) -> str:
+    """Return ``text`` as one clean line of at most ``limit`` characters.
+
+    Control and format characters (newlines, escapes, NULs, bidi overrides) become
+    spaces, runs of white space one space, and a longer text is cut, ending in
+    ``...``. Text quoted from a server goes to terminals and chat messages: it
+    must not be able to forge a second log line or recolour one.
+    """
+    # Longer inputs are cut first: the scan below is per character.
+    text = text[: limit * 4 + 16]
+    kept = "".join(" " if unicodedata.category(c)[0] == "C" else c for c in text)
+    line = " ".join(kept.split())
+    if len(line) > limit:
+        return line[: max(limit - 3, 0)].rstrip() + "..."
+    return line
 
 
 class WatcherError(Exception):
@@ -58,13 +83,22 @@ class ConfigError(WatcherError):
 
 
 class SklmError(WatcherError):
-    """A request to one SKLM server failed; ``server`` is its configured name."""
+    """A request to one SKLM server failed; ``server`` is its configured name.
+
+    ``detail`` is the reason in words (``connection refused``, ``HTTP 500
+    CTGKM0001E Internal server error. See the server log.``), without the server's
+    name: logs, status and events show it beside the name. It is one line of at
+    most :data:`MAX_DETAIL_CHARS` characters, whatever the caller passed; the
+    caller scrubs secrets before (a cut could leave part of one behind).
+    """
 
     #: Whether polling again soon may succeed without anyone changing anything.
     transient: bool = True
 
     def __init__(self, server: str, detail: str, *, hint: str = "") -> None:
         self.server = server
+        detail = one_line(detail, MAX_DETAIL_CHARS)
+        hint = one_line(hint, MAX_HINT_CHARS)
         self.detail = detail
         self.hint = hint
         message = f"{server}: {detail}"

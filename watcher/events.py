@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -32,8 +33,28 @@ class EventType(StrEnum):
     SERVER_RECOVERED = "sklm.server.recovered"
     SERVER_RESTARTED = "sklm.server.restarted"
     AUTH_FAILED = "sklm.auth.failed"
+    #: Credentials accepted again after ``sklm.auth.failed`` (SIGHUP or a fix on SKLM).
+    AUTH_RECOVERED = "sklm.auth.recovered"
     #: Sent only by ``sklm-watcher test-sink``; never produced by watching.
     TEST = "sklm.watcher.test"
+
+
+#: Event types whose log lines are warnings: each says something is wrong. The rest
+#: (progress, completion, recovery) are info (issue 11: ``journalctl -p warning``
+#: shows exactly the problems).
+_WARNING_TYPES: Final = frozenset(
+    {
+        EventType.RESTORE_FAILED,
+        EventType.RESTORE_STALLED,
+        EventType.SERVER_UNREACHABLE,
+        EventType.AUTH_FAILED,
+    }
+)
+
+
+def log_level(type: EventType) -> int:
+    """Return the ``logging`` level of a log line reporting an event of ``type``."""
+    return logging.WARNING if type in _WARNING_TYPES else logging.INFO
 
 
 def format_time(at: datetime) -> str:

@@ -48,7 +48,8 @@ Silences:
     ``add_silence(server_glob, until, ...)`` stops delivery, not journaling: an event
     of a matching server recorded while a silence is active (``event.time < until``)
     gets its outbox rows written as ``suppressed``: visible, never due, never
-    blocking. A silence ends by itself at ``until``.
+    blocking. A silence ends by itself at ``until``, or when removed (the row is
+    kept with ``removed_at`` / ``removed_by``, for ``silence list --all``).
 
 Only this module imports :mod:`sqlite3`; ``sqlite3.Error`` and ``OSError`` become
 :class:`~watcher.errors.JournalError` here and nowhere else.
@@ -88,7 +89,7 @@ T = TypeVar("T")
 
 #: The schema this code writes. A database at an older version is migrated on open
 #: by ``_MIGRATIONS``; a newer one is refused (a downgrade must not corrupt it).
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 DB_NAME: Final = "state.sqlite3"
 LOCK_NAME: Final = "lock"
 #: How long a writer waits for another connection's write lock (CLI vs daemon).
@@ -160,10 +161,14 @@ class Silence:
     until: datetime
     reason: str
     created_at: datetime
+    #: When ``silence remove`` ended it (None: not removed).
+    removed_at: datetime | None = None
+    #: Who removed it (the operator's user name), when known.
+    removed_by: str | None = None
 
     def is_active(self, at: datetime) -> bool:
-        """Whether the silence holds at ``at`` (it ends by itself at ``until``)."""
-        return at < self.until
+        """Whether the silence holds at ``at`` (until ``until``, or its removal)."""
+        return at < self.until and (self.removed_at is None or at < self.removed_at)
 
     def matches(self, server: str) -> bool:
         """Whether the silence covers ``server`` (shell-style glob, case-sensitive)."""
@@ -177,6 +182,10 @@ class Silence:
             "until": format_time(self.until),
             "reason": self.reason,
             "created_at": format_time(self.created_at),
+            "removed_at": None
+            if self.removed_at is None
+            else format_time(self.removed_at),
+            "removed_by": self.removed_by,
         }
 
 
@@ -205,12 +214,24 @@ class OutboxSummary:
 
 # --- schema -------------------------------------------------------------------------
 
-_SILENCES_TABLE: Final = """CREATE TABLE silences (
+#: The silences table as schema version 2 created it (what migration 1 builds).
+_SILENCES_TABLE_V2: Final = """CREATE TABLE silences (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         server_glob TEXT NOT NULL,
         until INTEGER NOT NULL,
         reason TEXT NOT NULL,
         created_at INTEGER NOT NULL
+    )"""
+#: Since version 3 a removed silence is kept (``silence list --all``) with when and
+#: by whom it was removed; only rows with ``removed_at IS NULL`` hold.
+_SILENCES_TABLE: Final = """CREATE TABLE silences (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        server_glob TEXT NOT NULL,
+        until INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        removed_at INTEGER,
+        removed_by TEXT
     )"""
 
 _SCHEMA: Final = (
@@ -258,12 +279,20 @@ _SCHEMA: Final = (
 
 
 def _add_silences(conn: sqlite3.Connection) -> None:
-    conn.execute(_SILENCES_TABLE)
+    conn.execute(_SILENCES_TABLE_V2)
+
+
+def _keep_removed_silences(conn: sqlite3.Connection) -> None:
+    conn.execute("ALTER TABLE silences ADD COLUMN removed_at INTEGER")
+    conn.execute("ALTER TABLE silences ADD COLUMN removed_by TEXT")
 
 
 #: ``version -> step`` upgrading a database from ``version`` to ``version + 1``; each
 #: step runs inside the transaction that also bumps ``meta.schema_version``.
-_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _add_silences}
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: _add_silences,
+    2: _keep_removed_silences,
+}
 
 
 # --- SQL (constant strings: sqlite3 caches their prepared statements) ----------------
@@ -285,8 +314,20 @@ _INSERT_OUTBOX: Final = """
     ON CONFLICT DO NOTHING
 """
 _ACTIVE_SILENCES: Final = """
-    SELECT id, server_glob, until, reason, created_at FROM silences
-    WHERE until > ? ORDER BY id
+    SELECT id, server_glob, until, reason, created_at, removed_at, removed_by
+    FROM silences WHERE until > ? AND removed_at IS NULL ORDER BY id
+"""
+_ALL_SILENCES: Final = """
+    SELECT id, server_glob, until, reason, created_at, removed_at, removed_by
+    FROM silences ORDER BY id
+"""
+_ACTIVE_SILENCES_V2: Final = """
+    SELECT id, server_glob, until, reason, created_at, NULL, NULL
+    FROM silences WHERE until > ? ORDER BY id
+"""
+_ALL_SILENCES_V2: Final = """
+    SELECT id, server_glob, until, reason, created_at, NULL, NULL
+    FROM silences ORDER BY id
 """
 _SAVE_META: Final = """
     INSERT INTO meta (key, value) VALUES (?, ?)
@@ -692,21 +733,37 @@ class Journal:
     def silences(
         self, now: datetime, *, include_expired: bool = False
     ) -> list[Silence]:
-        """The silences active at ``now`` (all of them with ``include_expired``), by id."""
+        """The silences active at ``now``, by id.
+
+        With ``include_expired``, every silence ever added: expired and removed ones
+        too (a removed one has ``removed_at`` / ``removed_by``).
+        """
         with self._reading("reading silences") as conn:
-            if include_expired:
-                rows = conn.execute(
-                    "SELECT id, server_glob, until, reason, created_at FROM silences "
-                    "ORDER BY id"
-                ).fetchall()
-            else:
-                rows = conn.execute(_ACTIVE_SILENCES, (_us(now),)).fetchall()
+            sql = _silences_sql(conn, include_expired)
+            params = () if include_expired else (_us(now),)
+            rows = conn.execute(sql, params).fetchall()
         return [_silence(row) for row in rows]
 
-    def remove_silence(self, silence_id: int) -> bool:
-        """End a silence now (delete it); returns whether it existed."""
+    def remove_silence(
+        self, silence_id: int, at: datetime | None = None, by: str | None = None
+    ) -> bool:
+        """End a silence now; returns whether it existed and was not removed yet.
+
+        The row is kept (``silence list --all`` shows it) with ``removed_at`` and
+        ``removed_by``, so who lifted a silence during an incident stays known.
+
+        Args:
+            silence_id: The silence's id.
+            at: Now (the wall clock when None).
+            by: Who removed it (the CLI passes the operator's user name).
+        """
+        when = _us(_now() if at is None else at)
         with self._writing("removing a silence") as conn:
-            cursor = conn.execute("DELETE FROM silences WHERE id = ?", (silence_id,))
+            cursor = conn.execute(
+                "UPDATE silences SET removed_at = ?, removed_by = ? "
+                "WHERE id = ? AND removed_at IS NULL",
+                (when, by, silence_id),
+            )
             return cursor.rowcount > 0
 
     # --- outbox -----------------------------------------------------------------------
@@ -863,6 +920,12 @@ class Journal:
                 raise JournalError(f"the stored state of {server} is not an object")
             states[server] = value
         return states
+
+    def last_state_update(self) -> datetime | None:
+        """When a server's state was last stored (the age of what ``status`` shows)."""
+        with self._reading("reading the newest state") as conn:
+            row = conn.execute("SELECT MAX(updated_at) FROM server_state").fetchone()
+        return None if row is None or row[0] is None else _at(int(row[0]))
 
     def events(
         self,
@@ -1152,13 +1215,15 @@ def _decode_event(seq: int, time: int, text: str) -> Event:
 
 
 def _silence(row: Sequence[Any]) -> Silence:
-    silence_id, glob, until, reason, created = row
+    silence_id, glob, until, reason, created, removed_at, removed_by = row
     return Silence(
         id=silence_id,
         server_glob=glob,
         until=_at(until),
         reason=reason,
         created_at=_at(created),
+        removed_at=None if removed_at is None else _at(removed_at),
+        removed_by=removed_by,
     )
 
 
@@ -1338,11 +1403,28 @@ def _check_schema_read_only(conn: sqlite3.Connection, path: Path) -> None:
         )
     if version > SCHEMA_VERSION:
         raise _too_new(path, version)
+    if version == _READABLE_AS_CURRENT:
+        # Right after an upgrade the running daemon may still be the old one: the
+        # views must not go blind until it restarts. Version 3 only added the
+        # removal columns, which :meth:`Journal.silences` reads as NULL there.
+        return
     if version < SCHEMA_VERSION:
         raise JournalError(
             f"{path} has schema version {version}, older than {SCHEMA_VERSION}",
             hint="start the daemon once to migrate it",
         )
+
+
+#: The older schema version the read-only views still read (see above).
+_READABLE_AS_CURRENT: Final = 2
+
+
+def _silences_sql(conn: sqlite3.Connection, include_expired: bool) -> str:
+    """The listing query; a version-2 database (read-only) has no removal columns."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(silences)")}
+    if "removed_at" in columns:
+        return _ALL_SILENCES if include_expired else _ACTIVE_SILENCES
+    return _ALL_SILENCES_V2 if include_expired else _ACTIVE_SILENCES_V2
 
 
 def _take_lock(state_dir: Path) -> int:

@@ -1,11 +1,18 @@
-"""Logging set-up for structlog, and the redaction processor (a second line of defence)."""
+"""Logging set-up for structlog, and the redaction processor (a second line of defence).
+
+Under systemd (``JOURNAL_STREAM`` names our standard error), every line starts with
+the sd-daemon ``<N>`` syslog priority prefix, which journald strips and stores as the
+entry's priority (``SyslogLevelPrefix=yes``, systemd's default): so
+``journalctl -u sklm-watcher -p warning`` shows exactly the problems.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, Final, TextIO
 
 import structlog
@@ -66,6 +73,55 @@ def redact(
     return event_dict
 
 
+#: sd-daemon(3) priorities by structlog method name (syslog's numbers).
+SYSLOG_PRIORITIES: Final[Mapping[str, int]] = {
+    "critical": 2,
+    "exception": 3,
+    "error": 3,
+    "warning": 4,
+    "warn": 4,
+    "info": 6,
+    "debug": 7,
+}
+#: Lines of a method without a priority of its own (``msg``, ``log`` at NOTSET).
+_DEFAULT_PRIORITY: Final = 6
+
+
+def is_journal_stream(stream: TextIO, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether ``stream`` is the journald stream systemd connected us to.
+
+    ``JOURNAL_STREAM`` holds ``device:inode`` of that stream; comparing it with the
+    stream's own ``fstat`` (as systemd.exec(5) advises) keeps the prefix out of a
+    child's output that was redirected elsewhere but inherited the variable.
+    """
+    value = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
+    device, sep, inode = value.partition(":")
+    if not sep or not device.isdigit() or not inode.isdigit():
+        return False
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False  # not a real file (a test's StringIO, a closed stream)
+    return (st.st_dev, st.st_ino) == (int(device), int(inode))
+
+
+def syslog_prefixed(
+    renderer: Callable[[Any, str, MutableMapping[str, Any]], str],
+) -> Callable[[Any, str, MutableMapping[str, Any]], str]:
+    """Wrap a renderer so each rendered line starts with its ``<N>`` priority.
+
+    Every line, not only the first: journald reads a multi-line entry (a console
+    traceback) as several, and each must keep the priority.
+    """
+
+    def render(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> str:
+        prefix = f"<{SYSLOG_PRIORITIES.get(method, _DEFAULT_PRIORITY)}>"
+        text = renderer(logger, method, event_dict)
+        return "\n".join(prefix + line for line in text.split("\n"))
+
+    return render
+
+
 def configure(
     *, json: bool | None = None, level: int = logging.INFO, stream: TextIO | None = None
 ) -> None:
@@ -76,7 +132,8 @@ def configure(
             None picks JSON unless ``stream`` is a terminal.
         level: The minimum level logged.
         stream: Where logs go; standard error by default, so command output on
-            standard output stays clean for pipes.
+            standard output stays clean for pipes. When it is the journald stream
+            (``JOURNAL_STREAM``), each line carries its syslog priority.
     """
     out = stream if stream is not None else sys.stderr
     as_json = not out.isatty() if json is None else json
@@ -85,6 +142,8 @@ def configure(
         if as_json
         else structlog.dev.ConsoleRenderer(colors=out.isatty())
     )
+    if is_journal_stream(out):
+        renderer = syslog_prefixed(renderer)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -9,6 +9,7 @@ one server's bug never stops another server's polls.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,14 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup
 
-from watcher.cadence import Cadence, after_crash, check_jitter, initial_delay, next_poll
+from watcher.cadence import (
+    Cadence,
+    after_crash,
+    check_jitter,
+    initial_delay,
+    next_poll,
+    until_unreachable,
+)
 from watcher.client import PollResult
 from watcher.clock import Clock
 from watcher.config import ServerConfig
@@ -29,9 +37,12 @@ from watcher.errors import (
     SklmTlsError,
     SklmUnreachable,
 )
-from watcher.events import Event
+from watcher.events import Event, log_level
 from watcher.phases import Phase
 from watcher.tracker import Failure, Observation, ServerState, step
+
+#: ``data`` fields an event's log line repeats when present: what went wrong.
+_WHY_FIELDS: Final = ("reason", "detail")
 
 #: Logouts run at once when a reload drops servers.
 LOGOUT_CONCURRENCY = 32
@@ -40,6 +51,10 @@ log = structlog.get_logger(__name__)
 
 POLL_OK: Final = "poll.ok"
 POLL_FAILED: Final = "poll.failed"
+#: The first failed poll of a server, or a change of failure kind (warning).
+POLL_FAILING: Final = "poll.failing"
+#: The first answer after failed polls (info), with how long they lasted.
+POLL_RECOVERED: Final = "poll.recovered"
 EVENT: Final = "event"
 WATCH_CRASHED: Final = "watch.crashed"
 WATCH_STARTED: Final = "watch.started"
@@ -149,6 +164,11 @@ class ServerWatch:
         self._jitter = check_jitter(jitter)
         self._log = log.bind(server=config.name)
         self._on_poll = on_poll
+        # Log on transitions, not per poll (Home Assistant's coordinator rule): the
+        # kind of failure the last poll had, since when and over how many polls.
+        self._failing: Failure | None = None
+        self._failing_since: float = 0.0
+        self._failed_polls = 0
 
     def stats(self) -> WatchStats:
         """Return a snapshot of this loop's counters."""
@@ -195,36 +215,40 @@ class ServerWatch:
         config = self.config
         state = self.state
         start = clock.monotonic()
+        hint = ""
         try:
             result = await self.poller.poll_phase()
         except SklmError as exc:
             mono = clock.monotonic()
             at = clock.now()
+            # The reason in words (the client's ``detail``), not the message: that
+            # repeats the server name and appends the hint.
             observation = Observation(
                 at=at,
                 monotonic=mono,
                 latency=mono - start,
                 failure=failure_of(exc),
-                detail=str(exc),
+                detail=exc.detail,
             )
             self.polls_failed += 1
             self._log.debug(
                 POLL_FAILED, failure=observation.failure, detail=observation.detail
             )
+            hint = exc.hint
         else:
             mono = clock.monotonic()
             at = clock.now()
             phase = result.phase
-            hint = None
+            restore_result = None
             if _may_have_ended(state, phase):
-                hint = await self.poller.restore_result()
+                restore_result = await self.poller.restore_result()
             observation = Observation(
                 at=at,
                 monotonic=mono,
                 latency=mono - start,
                 phase=phase,
                 relogin=result.relogin,
-                result=hint,
+                result=restore_result,
             )
             self.polls_ok += 1
             self._log.debug(POLL_OK, phase=phase.name, latency=observation.latency)
@@ -234,15 +258,24 @@ class ServerWatch:
             self._on_poll(observation.latency, observation.failure is None)
 
         outcome = step(config, state, observation)
+        # Before the events: "answering again", then what the answer revealed.
+        if observation.failure is None:
+            self._note_success(observation.monotonic)
+        else:
+            self._note_failure(observation, hint, outcome.state)
         # ``save`` covers every step with events; quiet polls never touch the journal.
         if outcome.save:
             await self._recorder.record(config.name, outcome.state, outcome.events)
             for event in outcome.events:
-                self._log.info(
+                # A problem's line says why (journalctl -p warning shows only these).
+                why = {k: event.data[k] for k in _WHY_FIELDS if k in event.data}
+                self._log.log(
+                    log_level(event.type),
                     EVENT,
                     type=str(event.type),
                     phase=event.data.get("phase"),
                     id=event.id,
+                    **why,
                 )
         self.state = outcome.state
         delay, self.cadence = next_poll(
@@ -253,7 +286,53 @@ class ServerWatch:
             rng=self._rng,
             jitter=self._jitter,
         )
+        if observation.failure not in (None, Failure.AUTH):
+            # Wake at the outage's reporting deadline even when backoff says later.
+            until = until_unreachable(config, outcome.state, observation.monotonic)
+            if until is not None and until < delay:
+                delay = until
         return delay
+
+    def _note_failure(
+        self, observation: Observation, hint: str, state: ServerState
+    ) -> None:
+        """Log the first failed poll, and each change of failure kind, once.
+
+        A warning, except while the server restarts after a restore: that outage
+        is expected (and reported as unreachable if it outlasts restart_timeout).
+        """
+        failure = observation.failure
+        previous = self._failing
+        if previous is None:
+            self._failing_since = observation.monotonic
+            self._failed_polls = 0
+        self._failed_polls += 1
+        if failure is previous:
+            return
+        self._failing = failure
+        self._log.log(
+            logging.INFO if state.awaiting_restart else logging.WARNING,
+            POLL_FAILING,
+            failure=str(failure),
+            detail=observation.detail,
+            hint=hint,
+            previous=None if previous is None else str(previous),
+            after_restore=state.awaiting_restart,
+        )
+
+    def _note_success(self, monotonic: float) -> None:
+        """Log the first answer after failed polls, with how long they lasted."""
+        failure = self._failing
+        if failure is None:
+            return
+        self._log.info(
+            POLL_RECOVERED,
+            failure=str(failure),
+            failed_for=round(monotonic - self._failing_since, 3),
+            failed_polls=self._failed_polls,
+        )
+        self._failing = None
+        self._failed_polls = 0
 
 
 def _may_have_ended(state: ServerState, phase: Phase) -> bool:
@@ -444,6 +523,10 @@ def _carry_counters(old: ServerWatch, new: ServerWatch) -> None:
     new.polls_ok = old.polls_ok
     new.polls_failed = old.polls_failed
     new.crashes = old.crashes
+    # A reload must not repeat the failure warning nor lose the recovery line.
+    new._failing = old._failing
+    new._failing_since = old._failing_since
+    new._failed_polls = old._failed_polls
 
 
 async def _logout_all(pollers: Sequence[Poller]) -> None:

@@ -24,7 +24,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from itertools import accumulate, pairwise
 from typing import Any, Final, Protocol
 
@@ -335,6 +335,7 @@ class Snapshot:
         latency: Poll latency histograms by outcome.
         problem: None when healthy, else the one-line reason(s).
         loop_lag: Seconds the last heartbeat came late; None without a heartbeat.
+        at: When it was read (``/status`` ``as_of``); None when not known.
     """
 
     version: str
@@ -346,6 +347,7 @@ class Snapshot:
     latency: Mapping[str, HistogramReading] | None = None
     problem: str | None = None
     loop_lag: float | None = None
+    at: datetime | None = None
 
 
 def _name(suffix: str) -> str:
@@ -412,7 +414,7 @@ def _server_families(snapshot: Snapshot) -> list[Metric]:
     health = GaugeMetricFamily(
         _name("server_health"),
         "1 for each server's current health (ok, unreachable, restarting, "
-        "auth_failed, unknown).",
+        "auth_failed, tls_error, protocol_error, unknown).",
         labels=["server", "health"],
     )
     running = GaugeMetricFamily(
@@ -535,6 +537,9 @@ def server_status(
         "awaiting_restart": state.awaiting_restart,
         "consecutive_failures": state.consecutive_failures,
         "last_ok_at": _time(state.last_ok_at),
+        # The reason in words is the client error's detail: never a secret.
+        "last_error": state.last_error,
+        "last_failure": None if state.last_failure is None else str(state.last_failure),
         "last_poll_at": _time(stats.last_poll_at if stats else None),
         "last_latency": stats.last_latency if stats else None,
         "polls_ok": stats.polls_ok if stats else 0,
@@ -557,6 +562,7 @@ def status_document(snapshot: Snapshot) -> dict[str, Any]:
         ]
     return {
         "version": snapshot.version,
+        "as_of": _time(snapshot.at),
         "healthy": snapshot.problem is None,
         "problem": snapshot.problem,
         "servers": [
@@ -586,6 +592,7 @@ class StatusServer:
         heartbeat: The daemon's heartbeat; None to not check the loop.
         stall_after: Seconds without a heartbeat that make ``/healthz`` fail.
         outbox_timeout: Seconds to wait for the journal's outbox summary.
+        now: The wall clock ``/status`` stamps its ``as_of`` with (tests inject one).
     """
 
     def __init__(
@@ -596,8 +603,10 @@ class StatusServer:
         heartbeat: Heartbeat | None = None,
         stall_after: float = STALL_AFTER,
         outbox_timeout: float = OUTBOX_TIMEOUT,
+        now: Callable[[], datetime] | None = None,
     ) -> None:
         self._source = source
+        self._now = now or _wall_clock
         self._version = version
         self._heartbeat = heartbeat
         self._stall_after = stall_after
@@ -684,6 +693,7 @@ class StatusServer:
             latency={k: h.reading() for k, h in source.poll_latency().items()},
             problem=self.problem(),
             loop_lag=heartbeat.lag if heartbeat is not None else None,
+            at=self._now(),
         )
 
     async def _read_outbox(self) -> tuple[tuple[SinkBacklog, ...] | None, str | None]:
@@ -727,6 +737,10 @@ class StatusServer:
             return _text(500, "internal error; see the daemon's log\n")
         headers = {"Content-Type": "application/json; charset=utf-8", **_NO_STORE}
         return web.Response(body=body, headers=headers)
+
+
+def _wall_clock() -> datetime:
+    return datetime.now(UTC)
 
 
 def _text(status: int, text: str) -> web.Response:

@@ -15,9 +15,12 @@ Wire behaviour (``<base>`` is the server's ``api_base``, ``/SKLM/rest/v1`` by de
   logged out or issued before a restart → 401 CTGKM6004E.
 - ``GET <base>/ckms/backupRestore/progress`` and/or ``GET <base>/ckms/restore/progress``
   (``progress_paths``) → ``{"code": "4", "status": "RESTORE_KEYSTORES"}`` (``code`` an
-  integer with ``code_as_int``). A path the server does not serve is a servlet
-  container's 404 HTML page, no JSON. With ``error_rate``, that fraction of progress
-  answers is a fault instead (see ``faults``).
+  integer with ``code_as_int``). A progress path the server does not serve answers
+  404 with ``missing_progress_answer``: ``"html"`` a servlet container's HTML page
+  (the default), ``"ctgkm"`` IBM's ``{"code": "CTGKM6005E", "message": ...}``
+  (as a real server was seen to), ``"json"`` JSON without a CTGKM id, ``"empty"``
+  no body at all. With ``error_rate``, that fraction of progress answers is a
+  fault instead (see ``faults``).
 - ``GET <base>/ckms/restore/result`` → ``{"code": "-1"|"0"|"1"}``: -1 after a (re)start
   until a restore ends, 0 after a completed one, 1 after a failed one.
 - ``GET <base>/ckms/versionInfo`` → ``{"tklm_version": "4.2.1.0"}``.
@@ -54,6 +57,7 @@ Scenario file (TOML)::
     password = "sim-password"                # scenario files are test data
     api_base = "/SKLM/rest/v1"
     progress_paths = ["backupRestore", "restore"]  # which progress paths answer
+    missing_progress_answer = "html"         # the other's 404: "ctgkm", "json", "empty"
     code_as_int = false                      # "code": 4 instead of "code": "4"
     login_field = "UserAuthId"               # or "userAuthId"
     error_code_in_message = false            # CTGKM id only at the start of "message"
@@ -137,6 +141,8 @@ DEFAULT_PASSWORD: Final = "sim-password"  # noqa: S105 - simulator test data
 PROGRESS_PATHS: Final = ("backupRestore", "restore")
 LOGIN_FIELDS: Final = ("UserAuthId", "userAuthId")
 FAULTS: Final = ("json_500", "json_404", "html_200", "html_500", "truncated")
+#: What a progress path the server does not serve answers (always HTTP 404).
+MISSING_PROGRESS_ANSWERS: Final = ("html", "ctgkm", "json", "empty")
 DEFAULT_FAULTS: Final = ("json_500", "html_200", "html_500", "truncated")
 OUTCOMES: Final = ("complete", "fail", "stall")
 #: Keys of ``[watcher_defaults]`` (copied into the written config's ``[defaults]``).
@@ -238,6 +244,8 @@ class ServerSpec:
     password: str = field(default=DEFAULT_PASSWORD, repr=False)
     api_base: str = DEFAULT_API_BASE
     progress_paths: tuple[str, ...] = PROGRESS_PATHS
+    #: The 404 body of a progress path not in ``progress_paths``.
+    missing_progress_answer: str = "html"
     code_as_int: bool = False
     login_field: str = "UserAuthId"
     error_code_in_message: bool = False
@@ -321,6 +329,7 @@ _SERVER_KEYS: Final = frozenset(
         "password",
         "api_base",
         "progress_paths",
+        "missing_progress_answer",
         "code_as_int",
         "login_field",
         "error_code_in_message",
@@ -488,6 +497,14 @@ class _ScenarioReader:
             )
         else:
             fields["progress_paths"] = tuple(paths)
+        missing = get("missing_progress_answer", "html")
+        if missing in MISSING_PROGRESS_ANSWERS:
+            fields["missing_progress_answer"] = missing
+        else:
+            self.problem(
+                key("missing_progress_answer"),
+                f"expected one of {', '.join(map(repr, MISSING_PROGRESS_ANSWERS))}",
+            )
         pinned = get("watcher_progress_path", None)
         if pinned is not None:
             if pinned not in PROGRESS_PATHS:
@@ -939,8 +956,15 @@ class SimulatedServer:
             "/ckms/versionInfo": {"GET": self._version},
             "/ckms/restore": {"POST": self._restore},
         }
-        for path in spec.progress_paths:
-            routes[f"/ckms/{path}/progress"] = {"GET": self._progress}
+        for path in PROGRESS_PATHS:
+            if path in spec.progress_paths:
+                routes[f"/ckms/{path}/progress"] = {"GET": self._progress}
+            elif spec.missing_progress_answer != "html":
+                # Answered by the REST application (any method, no session
+                # needed), not by the servlet container's file-not-found page.
+                routes[f"/ckms/{path}/progress"] = dict.fromkeys(
+                    ("GET", "POST", "PUT", "DELETE"), self._missing_progress
+                )
         self._routes = {base + suffix: methods for suffix, methods in routes.items()}
 
     # -- public ---------------------------------------------------------------------
@@ -1291,6 +1315,18 @@ class SimulatedServer:
             200, {"code": self._code(int(segment.phase)), "status": segment.phase.name}
         )
 
+    async def _missing_progress(
+        self, request: web.BaseRequest, now: float, segment: _Segment
+    ) -> web.StreamResponse:
+        kind = self.spec.missing_progress_answer
+        if kind == "ctgkm":
+            return self._error(
+                404, ("CTGKM6005E", "The requested resource was not found (simulated).")
+            )
+        if kind == "json":
+            return self._json(404, {"error": "Not Found", "status": 404})
+        return web.Response(status=404)
+
     def _fault(self, segment: _Segment) -> web.Response:
         kind = self._rng.choice(self.spec.faults)
         self.faults[kind] += 1
@@ -1504,6 +1540,14 @@ def _open_append(path: Path) -> IO[str]:
 # -- TLS --------------------------------------------------------------------------------
 
 
+class TlsUnavailableError(RuntimeError):
+    """trustme, which makes the simulator's throw-away CA, is not installed.
+
+    It is in the ``simulator`` and ``dev`` extras only: a plain ``pip install`` lacks
+    it. (A RuntimeError, as before, for callers that caught that.)
+    """
+
+
 def make_tls(
     hostnames: Sequence[str] = ("127.0.0.1", "localhost"),
 ) -> tuple[bytes, ssl.SSLContext, str]:
@@ -1514,12 +1558,12 @@ def make_tls(
         leaf's SHA-256 fingerprint as lowercase hex (for ``tls_fingerprint``).
 
     Raises:
-        RuntimeError: trustme is not installed.
+        TlsUnavailableError: trustme is not installed.
     """
     try:
         import trustme
     except ImportError as exc:
-        raise RuntimeError(
+        raise TlsUnavailableError(
             "the simulator's --tls needs trustme: pip install 'sklm-watcher[simulator]'"
         ) from exc
     ca = trustme.CA(organization_name="sklm-watcher simulator")
@@ -1611,13 +1655,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``sklm-watcher simulate`` arguments to ``parser``."""
     parser.add_argument("scenario", type=Path, help="the scenario TOML file")
     parser.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="write every file here, created if missing (default: a new temporary "
+        "directory, printed as `out DIR`); relative FILE / DIR arguments below are "
+        "inside it, absolute ones are used as given",
+    )
+    parser.add_argument(
         "--tls", action="store_true", help="serve HTTPS with a throw-away CA"
     )
     parser.add_argument(
         "--ca-out",
         type=Path,
         metavar="FILE",
-        help="with --tls: write the CA certificate here (default: a temporary directory)",
+        help="with --tls: write the CA certificate here (default: ca.pem)",
     )
     parser.add_argument(
         "--ground-truth",
@@ -1629,13 +1681,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--write-config",
         type=Path,
         metavar="FILE",
-        help="write a watcher configuration for the simulated fleet",
+        help="write a watcher configuration for the simulated fleet (and its "
+        "password files beside it)",
     )
     parser.add_argument(
         "--state-dir",
         type=Path,
         metavar="DIR",
-        help="the state_dir written by --write-config (default: a temporary directory)",
+        help="the state_dir written by --write-config (default: state)",
     )
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
@@ -1645,8 +1698,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 async def run_from_args(args: argparse.Namespace) -> int:
     """Run ``sklm-watcher simulate`` until SIGTERM or SIGINT; return the exit code.
 
-    Prints ``listening on URL name=NAME`` per server, ``ca-file PATH`` (with --tls),
-    ``config PATH`` (with --write-config), then ``ready``.
+    Prints ``listening on URL name=NAME`` per server, ``out DIR`` (the output
+    folder), ``ca-file PATH`` (with --tls), ``config PATH`` (with --write-config),
+    then ``ready``. Every file goes into the output folder (``--out``, else a new
+    temporary directory, left in place for the watcher to use) unless given as an
+    absolute path: run from a checkout, it leaves nothing in the checkout.
     """
     try:
         scenario = load_scenario(args.scenario)
@@ -1657,23 +1713,31 @@ async def run_from_args(args: argparse.Namespace) -> int:
         _say("--ca-out needs --tls", error=True)
         return 2
     ssl_context: ssl.SSLContext | None = None
-    ca_file: Path | None = None
+    ca_pem = b""
     if args.tls:
         try:
             ca_pem, ssl_context, _ = make_tls(
                 tuple(dict.fromkeys((args.host, "localhost")))
             )
-        except RuntimeError as exc:
+        except TlsUnavailableError as exc:
             _say(str(exc), error=True)
             return 2
-        ca_file = args.ca_out or Path(tempfile.mkdtemp(prefix="sklm-sim-")) / "ca.pem"
+    try:
+        out = output_folder(args.out)
+    except OSError as exc:
+        _say(f"cannot create the output folder {args.out}: {exc.strerror}", error=True)
+        return 1
+    ca_file: Path | None = None
+    if args.tls:
+        ca_file = out / (args.ca_out or Path("ca.pem"))
         ca_file.parent.mkdir(parents=True, exist_ok=True)
         ca_file.write_bytes(ca_pem)
+    ground_truth = None if args.ground_truth is None else out / args.ground_truth
     simulator = Simulator(
         scenario,
         host=args.host,
         ssl_context=ssl_context,
-        ground_truth=args.ground_truth,
+        ground_truth=ground_truth,
     )
     try:
         await simulator.start()
@@ -1684,16 +1748,18 @@ async def run_from_args(args: argparse.Namespace) -> int:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             for name, url in simulator.urls.items():
                 _say(f"listening on {url} name={name}")
+            _say(f"out {out}")
             if ca_file is not None:
                 _say(f"ca-file {ca_file}")
             if args.write_config is not None:
-                state_dir = args.state_dir or Path(
-                    tempfile.mkdtemp(prefix="sklm-watcher-state-")
-                )
+                config_file = out / args.write_config
                 write_watcher_config(
-                    simulator, args.write_config, state_dir=state_dir, ca_file=ca_file
+                    simulator,
+                    config_file,
+                    state_dir=out / (args.state_dir or Path("state")),
+                    ca_file=ca_file,
                 )
-                _say(f"config {args.write_config}")
+                _say(f"config {config_file}")
             _say("ready")
             async for _ in signals:
                 break
@@ -1701,6 +1767,19 @@ async def run_from_args(args: argparse.Namespace) -> int:
         with anyio.CancelScope(shield=True):
             await simulator.close()
     return 0
+
+
+def output_folder(out: Path | None) -> Path:
+    """The absolute output folder of ``simulate``: ``out`` (created if missing) or new.
+
+    Raises:
+        OSError: the folder cannot be created.
+    """
+    if out is None:
+        return Path(tempfile.mkdtemp(prefix="sklm-sim-"))
+    folder = out.resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def _say(line: str, *, error: bool = False) -> None:

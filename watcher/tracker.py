@@ -131,8 +131,16 @@ class ServerState:
     #: Credentials were rejected and no poll has succeeded since.
     auth_failed: bool = False
     auth_run_id: str | None = None
+    #: When the credentials were first rejected (for ``sklm.auth.recovered``).
+    auth_failed_since_at: datetime | None = None
+    auth_failed_since_monotonic: float | None = None
     #: The last successful poll.
     last_ok_at: datetime | None = None
+    #: While failing (or after rejected credentials): the kind and the reason in
+    #: words of the latest failed poll (the client error's ``detail``, no secrets).
+    #: Cleared by the next successful poll.
+    last_failure: Failure | None = None
+    last_error: str | None = None
     #: Loaded by :meth:`from_dict` and no phase observed since: the watcher itself
     #: was down, so the first answer may follow a gap of unknown content (the end of
     #: a restore, the restart after one). Not persisted (issue #3).
@@ -173,7 +181,12 @@ class ServerState:
             "unreachable_reported": self.unreachable_reported,
             "auth_failed": self.auth_failed,
             "auth_run_id": self.auth_run_id,
+            "auth_failed_since_at": _iso(self.auth_failed_since_at),
             "last_ok_at": _iso(self.last_ok_at),
+            "last_failure": None
+            if self.last_failure is None
+            else str(self.last_failure),
+            "last_error": self.last_error,
         }
 
     @classmethod
@@ -209,6 +222,10 @@ class Health(StrEnum):
     UNREACHABLE = "unreachable"
     RESTARTING = "restarting"
     AUTH_FAILED = "auth_failed"
+    #: Failing with a TLS error: reachable, but the certificate or pin is wrong.
+    TLS_ERROR = "tls_error"
+    #: Failing with answers that are not SKLM's (wrong path, HTML page, 5xx).
+    PROTOCOL_ERROR = "protocol_error"
     #: Not polled yet (and nothing known from an earlier run).
     UNKNOWN = "unknown"
 
@@ -218,8 +235,10 @@ def health_of(state: ServerState | None) -> Health:
 
     Rejected credentials win (nothing else is known until they are fixed); after a
     restore the server is ``restarting`` until it is back, or ``unreachable`` once
-    that took long enough to be reported; a failing server is ``unreachable``; one
-    never heard from is ``unknown``.
+    that took long enough to be reported; a failing server is ``tls_error`` or
+    ``protocol_error`` when the last failure says it answered but wrongly (those
+    need a configuration fix, not a wait), else ``unreachable``; one never heard
+    from is ``unknown``.
     """
     if state is None:
         return Health.UNKNOWN
@@ -228,11 +247,16 @@ def health_of(state: ServerState | None) -> Health:
     if state.awaiting_restart and not state.unreachable_reported:
         return Health.RESTARTING
     if state.failing:
-        return Health.UNREACHABLE
+        return _FAILING_HEALTH.get(state.last_failure, Health.UNREACHABLE)
     if state.phase is None and state.last_ok_at is None:
         return Health.UNKNOWN
     return Health.OK
 
+
+_FAILING_HEALTH: Final[Mapping[Failure | None, Health]] = {
+    Failure.TLS: Health.TLS_ERROR,
+    Failure.PROTOCOL: Health.PROTOCOL_ERROR,
+}
 
 _DURABLE_FIELDS: Final = tuple(
     f.name
@@ -331,6 +355,21 @@ def _on_phase(run: _Run, cur: Phase) -> None:
             },
             s.outage_id,
         )
+    if s.auth_failed and s.auth_run_id is not None:
+        # Logging in works again (SIGHUP with a new password, or fixed on SKLM):
+        # without this event the server went silently from auth_failed to ok.
+        failed_for = None
+        if s.auth_failed_since_monotonic is not None:
+            failed_for = _seconds(obs.monotonic - s.auth_failed_since_monotonic)
+        run.emit(
+            EventType.AUTH_RECOVERED,
+            {
+                "phase": cur.name,
+                "since": _fmt(s.auth_failed_since_at),
+                "failed_for": failed_for,
+            },
+            s.auth_run_id,
+        )
     run.update(
         outage_id=None,
         outage_since_at=None,
@@ -339,6 +378,10 @@ def _on_phase(run: _Run, cur: Phase) -> None:
         unreachable_reported=False,
         auth_failed=False,
         auth_run_id=None,
+        auth_failed_since_at=None,
+        auth_failed_since_monotonic=None,
+        last_failure=None,
+        last_error=None,
     )
     back = _Return(came_back=came_back, down_for=down_for, late=late)
     prev = s.phase
@@ -378,7 +421,11 @@ def _on_failure(run: _Run) -> None:
             outage_since_monotonic=obs.monotonic,
             unreachable_reported=False,
         )
-    run.update(consecutive_failures=s.consecutive_failures + 1)
+    run.update(
+        consecutive_failures=s.consecutive_failures + 1,
+        last_failure=obs.failure,
+        last_error=obs.detail or None,
+    )
     if s.restore_active and s.phase is Phase.CLEANUP:
         # The restart SKLM does after a restore may begin before we poll COMPLETED.
         run.update(awaiting_restart=True)
@@ -393,6 +440,7 @@ def _on_auth(run: _Run) -> None:
     stall = _stall(run)
     if stall is not None:
         run.events.append(stall[1])
+    run.update(last_failure=Failure.AUTH, last_error=run.obs.detail or None)
     if not run.state.auth_failed:
         run_id = stable_id(run.config.name, "auth", format_time(run.obs.at))
         run.emit(
@@ -400,7 +448,12 @@ def _on_auth(run: _Run) -> None:
             {"detail": run.obs.detail, "phase": _phase_name(run.state.phase)},
             run_id,
         )
-        run.update(auth_failed=True, auth_run_id=run_id)
+        run.update(
+            auth_failed=True,
+            auth_run_id=run_id,
+            auth_failed_since_at=run.obs.at,
+            auth_failed_since_monotonic=run.obs.monotonic,
+        )
 
 
 # --- restores --------------------------------------------------------------------
@@ -802,6 +855,18 @@ def _unreachable(run: _Run) -> tuple[float, Event] | None:
     return s.outage_since_monotonic + limit, event
 
 
+def _get_failure(d: Mapping[str, Any], key: str) -> Failure | None:
+    value = d.get(key)
+    if value is None:
+        return None
+    try:
+        return Failure(value)
+    except ValueError:
+        raise ValueError(
+            f"tracker state {key!r} is not a failure kind: {value!r}"
+        ) from None
+
+
 def _state_from_dict(
     d: Mapping[str, Any], *, at: datetime, monotonic: float
 ) -> ServerState:
@@ -833,6 +898,7 @@ def _state_from_dict(
         )
     phase_since_at = _get_time(d, "phase_since_at")
     outage_since_at = _get_time(d, "outage_since_at")
+    auth_failed_since_at = _get_time(d, "auth_failed_since_at")
     failures = d.get("consecutive_failures", 0)
     if not isinstance(failures, int) or isinstance(failures, bool):
         raise TypeError("tracker state 'consecutive_failures' must be an int")
@@ -852,9 +918,13 @@ def _state_from_dict(
         outage_since_at=outage_since_at,
         outage_since_monotonic=rebase(outage_since_at),
         consecutive_failures=failures,
+        last_failure=_get_failure(d, "last_failure"),
+        last_error=_get_str(d, "last_error"),
         unreachable_reported=_get_bool(d, "unreachable_reported"),
         auth_failed=_get_bool(d, "auth_failed"),
         auth_run_id=_get_str(d, "auth_run_id"),
+        auth_failed_since_at=auth_failed_since_at,
+        auth_failed_since_monotonic=rebase(auth_failed_since_at),
         last_ok_at=_get_time(d, "last_ok_at"),
         resumed=True,
     )

@@ -12,10 +12,17 @@ values ``null``.
 ``status`` (:class:`ServerStatusRow`)::
 
     {"server": str, "health": "ok" | "unreachable" | "restarting" | "auth_failed"
-     | "unknown", "phase": str | null, "code": int | null, "step": "k/7" | null,
+     | "tls_error" | "protocol_error" | "unknown", "phase": str | null, "code": int | null, "step": "k/7" | null,
      "phase_since": time | null, "in_phase_for": float | null,
      "restore_id": str | null, "restore_active": bool, "restore_since": time | null,
-     "last_ok_at": time | null, "failures": int}
+     "last_ok_at": time | null, "failures": int,
+     "last_error": str | null, "last_failure": "unreachable" | "protocol" | "tls"
+     | "auth" | null, "daemon_running": bool | null, "as_of": time | null}
+
+    ``last_error`` is the latest failed poll's reason in words (whole; the table's
+    REASON column shortens it); ``daemon_running`` whether a daemon holds the
+    state directory's lock (null: unknown); ``as_of`` the time of the data shown
+    (the daemon's answer, or the newest state the journal holds).
 
 ``restores`` (:class:`RestoreRow`)::
 
@@ -47,7 +54,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -90,6 +97,8 @@ _STYLES: Final[Mapping[str, str]] = {
     Health.UNREACHABLE: "bold red",
     Health.RESTARTING: "yellow",
     Health.AUTH_FAILED: "bold red",
+    Health.TLS_ERROR: "bold red",
+    Health.PROTOCOL_ERROR: "bold red",
     Health.UNKNOWN: "dim",
     Outcome.COMPLETED: "green",
     Outcome.FAILED: "bold red",
@@ -127,6 +136,7 @@ class ServerStatusRow:
         "IN PHASE",
         "RESTORE SINCE",
         "LAST OK",
+        "REASON",
     )
 
     server: str
@@ -141,6 +151,14 @@ class ServerStatusRow:
     restore_since: datetime | None = None
     last_ok_at: datetime | None = None
     failures: int = 0
+    #: The latest failed poll's reason in words (None while the server answers).
+    last_error: str | None = None
+    #: Its kind (``tracker.Failure`` value), None while the server answers.
+    last_failure: str | None = None
+    #: Whether a daemon holds the state directory's lock; None when unknown.
+    daemon_running: bool | None = None
+    #: When the data shown was true (the daemon's answer or the newest stored state).
+    as_of: datetime | None = None
 
     @property
     def step(self) -> str | None:
@@ -162,23 +180,49 @@ class ServerStatusRow:
             "restore_since": _time(self.restore_since),
             "last_ok_at": _time(self.last_ok_at),
             "failures": self.failures,
+            "last_error": self.last_error,
+            "last_failure": self.last_failure,
+            "daemon_running": self.daemon_running,
+            "as_of": _time(self.as_of),
         }
 
     def cells(self) -> tuple[str, ...]:
-        """The table cells."""
+        """The table cells (health marked stale when no daemon runs)."""
+        health = str(self.health)
+        if self.daemon_running is False:
+            # Stored data of a stopped watcher: not a live "ok".
+            health += " (stale)"
         return (
             self.server,
-            str(self.health),
+            health,
             _name(self.phase) or "-",
             self.step or "-",
             _duration_text(self.in_phase_for),
             _time_text(self.restore_since),
             _time_text(self.last_ok_at),
+            shorten(self.last_error, REASON_WIDTH) or "-",
         )
 
     def style(self) -> str:
-        """Coloured by health."""
-        return _STYLES[self.health]
+        """Coloured by health (dim when no daemon runs)."""
+        if self.daemon_running is False:
+            return "dim"
+        # A health value this table has no colour for is a problem worth seeing.
+        return _STYLES.get(self.health, "bold red")
+
+
+#: Characters of ``last_error`` the status table shows (JSON has all of it).
+REASON_WIDTH: Final = 60
+#: Characters of an event's detail the events table shows (JSON has all of it).
+DETAIL_WIDTH: Final = 80
+
+
+def shorten(text: str | None, width: int) -> str | None:
+    """``text`` on one line, cut to ``width`` characters with an ellipsis."""
+    if text is None:
+        return None
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1].rstrip() + "…"
 
 
 def fleet_status(
@@ -193,12 +237,15 @@ def fleet_status(
             stored state gets an ``unknown`` row. None: every stored server, by name.
     """
     states = _states(journal)
+    as_of = journal.last_state_update()
     names = sorted(states) if servers is None else list(servers)
     rows = []
     for name in names:
         state = states.get(name)
         if state is None:
-            rows.append(ServerStatusRow(server=name, health=Health.UNKNOWN))
+            rows.append(
+                ServerStatusRow(server=name, health=Health.UNKNOWN, as_of=as_of)
+            )
             continue
         since = state.phase_since_at
         rows.append(
@@ -215,9 +262,29 @@ def fleet_status(
                 else None,
                 last_ok_at=state.last_ok_at,
                 failures=state.consecutive_failures,
+                last_error=state.last_error,
+                last_failure=None
+                if state.last_failure is None
+                else str(state.last_failure),
+                as_of=as_of,
             )
         )
     return rows
+
+
+def with_daemon(
+    rows: Sequence[ServerStatusRow], daemon_running: bool | None
+) -> list[ServerStatusRow]:
+    """The rows marked with whether a daemon runs (the CLI finds out from the lock)."""
+    return [replace(row, daemon_running=daemon_running) for row in rows]
+
+
+def data_age(as_of: datetime | None, now: datetime) -> str:
+    """``data as of 2026-11-29T10:00:01.250Z (3h02m ago)``, or that nothing is stored."""
+    if as_of is None:
+        return "nothing stored yet"
+    age = max(0.0, _seconds(now - as_of))
+    return f"data as of {format_time(as_of)} ({_duration_text(age)} ago)"
 
 
 # --- restores -------------------------------------------------------------------
@@ -413,7 +480,8 @@ class EventRow:
     def cells(self) -> tuple[str, ...]:
         """Time, server, type and a short detail (phase, reason)."""
         e = self.event
-        return (_time_text(e.time), e.server, str(e.type), _detail(e))
+        detail = shorten(_detail(e), DETAIL_WIDTH) or ""
+        return (_time_text(e.time), e.server, str(e.type), detail)
 
     def style(self) -> str:
         """Failures red, stalls and outages yellow, completions green."""
@@ -443,7 +511,9 @@ def _detail(e: Event) -> str:
     phase = _str(data.get("phase"))
     if e.type is EventType.RESTORE_PHASE:
         return f"{phase} (inferred)" if data.get("inferred") is True else phase or ""
-    if e.type in (EventType.RESTORE_FAILED, EventType.SERVER_UNREACHABLE):
+    if e.type is EventType.SERVER_UNREACHABLE:
+        return _reason_and_detail(data)
+    if e.type is EventType.RESTORE_FAILED:
         return _str(data.get("reason")) or ""
     if e.type is EventType.RESTORE_STALLED:
         return f"{phase} for {_duration_text(_float(data.get('stalled_for')))}"
@@ -451,7 +521,16 @@ def _detail(e: Event) -> str:
         return f"down {_duration_text(_float(data.get('down_for')))}"
     if e.type is EventType.AUTH_FAILED:
         return _str(data.get("detail")) or ""
-    return phase or ""
+    return phase or _str(data.get("detail")) or ""
+
+
+def _reason_and_detail(data: Mapping[str, Any]) -> str:
+    """``tls: certificate verify failed ...``: the kind alone says too little."""
+    reason = _str(data.get("reason")) or ""
+    detail = _str(data.get("detail"))
+    if not detail or detail in reason:
+        return reason
+    return f"{reason}: {detail}" if reason else detail
 
 
 # --- follow ---------------------------------------------------------------------
@@ -496,6 +575,13 @@ class FollowView:
     #: After COMPLETED: True once it restarted and answers, False when it did not
     #: come back within restart_timeout, None while that is open (or not relevant).
     server_back: bool | None = None
+    #: Each phase reported stalled, with how long it had lasted when it was
+    #: (``sklm.restore.stalled``'s ``stalled_for``), in order.
+    stalls: tuple[tuple[Phase, float], ...] = ()
+
+    def stalled_for(self, phase: Phase) -> float | None:
+        """How long ``phase`` had lasted when reported stalled; None if it was not."""
+        return next((lasted for p, lasted in self.stalls if p is phase), None)
 
     def to_json(self) -> dict[str, Any]:
         """The stable JSON form (module docstring)."""
@@ -514,16 +600,35 @@ class FollowView:
         }
 
 
-def follow_state(journal: Journal, server: str) -> FollowView:
-    """The timeline of ``server``'s current restore, or of its last one."""
+def follow_state(
+    journal: Journal, server: str, *, restore_id: str | None = None
+) -> FollowView:
+    """The timeline of ``server``'s current restore, or of its last one.
+
+    The outcome only moves forward: running, then stalled once a phase was reported
+    stalled (it stays so while the restore runs on), then completed or failed.
+
+    Args:
+        journal: The journal (read-only is enough).
+        server: The server's name.
+        restore_id: This restore (the one ``follow`` is following), even after
+            another one has started; None: the current restore, else the last one.
+    """
+    # Events first, then the state: the state is then at least as new as the
+    # events, so a restore's end is never judged by a state read before it.
+    found = journal.events(server=server)
     state = _states(journal).get(server)
     health = health_of(state)
-    groups = _gather(journal.events(server=server))
+    groups = _gather(found)
     group = None
-    if state is not None and state.restore_id is not None:
-        group = next((g for g in groups if g.restore_id == state.restore_id), None)
-    if group is None and groups:
-        group = groups[-1]
+    if restore_id is not None:
+        group = next((g for g in groups if g.restore_id == restore_id), None)
+    else:
+        if state is not None and state.restore_id is not None:
+            wanted = state.restore_id
+            group = next((g for g in groups if g.restore_id == wanted), None)
+        if group is None and groups:
+            group = groups[-1]
     if group is None:
         return FollowView(
             server=server,
@@ -534,22 +639,35 @@ def follow_state(journal: Journal, server: str) -> FollowView:
     row = group.row()
     current = state is not None and state.restore_id == group.restore_id
     phases = _follow_phases(group.phases, row.ended_at)
+    stalls = _follow_stalls(found, group.restore_id)
+    outcome = row.outcome
+    if outcome is Outcome.RUNNING and stalls:
+        # A restore that stalled stays stalled until it ends: moving on to the
+        # next phase does not make it an ordinary running restore again.
+        outcome = Outcome.STALLED
     current_phase = row.last_phase
     current_since = phases[-1].entered_at if phases else None
     if current and state is not None and state.phase is not None:
         current_phase, current_since = state.phase, state.phase_since_at
+    server_back = _server_back(group, state if current else None, row.outcome)
+    later = state is not None and state.restore_id not in (None, group.restore_id)
+    if server_back is None and row.outcome is Outcome.COMPLETED and later:
+        # A later restore has begun: the server answered after this one, though no
+        # restart was seen (it may have passed between two polls).
+        server_back = True
     return FollowView(
         server=server,
         health=health,
         restore_id=group.restore_id,
-        outcome=row.outcome,
+        outcome=outcome,
         started_at=row.started_at,
         ended_at=row.ended_at,
         reason=row.reason,
         phases=phases,
         current_phase=current_phase,
         current_since=current_since,
-        server_back=_server_back(group, state if current else None, row.outcome),
+        server_back=server_back,
+        stalls=stalls,
     )
 
 
@@ -591,6 +709,22 @@ def _follow_phases(
     return tuple(out)
 
 
+def _follow_stalls(
+    found: Sequence[Event], restore_id: str
+) -> tuple[tuple[Phase, float], ...]:
+    """Each phase of ``restore_id`` reported stalled, with its ``stalled_for``."""
+    stalls: dict[Phase, float] = {}
+    for e in found:
+        if e.type is not EventType.RESTORE_STALLED:
+            continue
+        if e.data.get("restore_id") != restore_id:
+            continue
+        phase = _phase(e)
+        if phase is not None and phase not in stalls:
+            stalls[phase] = _float(e.data.get("stalled_for")) or 0.0
+    return tuple(stalls.items())
+
+
 def _server_back(
     group: _Restore, state: ServerState | None, outcome: Outcome
 ) -> bool | None:
@@ -601,6 +735,10 @@ def _server_back(
     if group.lost is not None:
         return False
     if state is None or state.awaiting_restart or state.failing:
+        return None
+    if state.restore_active:
+        # A state from before COMPLETED (the restore still running) says nothing
+        # about the restart: it must not end ``follow`` as if the server were back.
         return None
     return True  # answering again, though no restart was seen
 
@@ -807,39 +945,61 @@ def _render_rich(
 ) -> None:
     from rich import box  # optional: plain text when rich is missing
     from rich.console import Console
+    from rich.measure import Measurement
     from rich.table import Table
 
     table = Table(box=box.SIMPLE, header_style="bold")
     for header in headers:
-        table.add_column(header)
+        table.add_column(header, no_wrap=True)
     for row in rows:
         table.add_row(*row.cells(), style=row.style() or None)
     console = Console(file=console_file, force_terminal=True, highlight=False)
+    unbounded = console.options.update_width(1 << 16)
+    needed = Measurement.get(console, unbounded, table).maximum
+    if needed > console.width:
+        # Squeezed, rich would cut names and health words to "unr…": let a narrow
+        # terminal wrap the long lines instead (the cells are already shortened).
+        console = Console(
+            file=console_file, force_terminal=True, highlight=False, width=needed
+        )
     console.print(table)
 
 
-def render_follow(view: FollowView, *, console_file: TextIO, color: bool) -> None:
-    """Print a follow view: the phases so far, the current one and the outcome."""
+def render_follow(
+    view: FollowView,
+    *,
+    console_file: TextIO,
+    color: bool,
+    now: datetime | None = None,
+) -> None:
+    """Print a follow view: the phases so far, the current one and the outcome.
+
+    ``now`` (the caller's clock) gives a stalled current phase its duration so far;
+    without it, the duration it had when it was reported stalled is shown.
+    """
     lines: list[tuple[str, str]] = []
     head = f"{view.server}: "
     if view.restore_id is None:
         lines.append((head + f"no restore seen ({view.health})", ""))
     else:
         lines.append((head + f"restore {view.restore_id[:8]} ({view.outcome})", "bold"))
+    running = view.outcome in (Outcome.RUNNING, Outcome.STALLED)
     for p in view.phases:
         mark = " (inferred)" if p.inferred else ""
-        current = p.duration is None and view.outcome in (
-            Outcome.RUNNING,
-            Outcome.STALLED,
-        )
-        lasted = "now" if current else _duration_text(p.duration)
+        stalled_for = view.stalled_for(p.phase)
+        line_style = "dim" if p.inferred else ""
+        if p.duration is None and running:
+            if stalled_for is None:
+                lasted = "now"
+            else:
+                lasted = f"stalled {_duration_text(_lasted(p, stalled_for, now))}"
+                line_style = _STYLES[Outcome.STALLED]
+        else:
+            lasted = _duration_text(p.duration)
+            if stalled_for is not None:
+                lasted += " (stalled)"
         text = f"  {int(p.phase)}/{_LAST_CODE} {p.phase.name}{mark}"
-        lines.append(
-            (
-                f"{text:<40} {_time_text(p.entered_at)}  {lasted}",
-                "dim" if p.inferred else "",
-            )
-        )
+        lines.append((f"{text:<40} {_time_text(p.entered_at)}  {lasted}", line_style))
     if view.outcome in (Outcome.RUNNING, Outcome.STALLED) and view.current_phase:
         lines.append(
             (
@@ -875,6 +1035,13 @@ def render_follow(view: FollowView, *, console_file: TextIO, color: bool) -> Non
             return
     for text, _ in lines:
         print(text, file=console_file)
+
+
+def _lasted(p: FollowPhase, stalled_for: float, now: datetime | None) -> float:
+    """How long the current phase ``p`` has lasted: by ``now``, else when it stalled."""
+    if now is None:
+        return stalled_for
+    return max(stalled_for, _seconds(now - p.entered_at))
 
 
 # --- helpers --------------------------------------------------------------------

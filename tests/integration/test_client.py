@@ -210,8 +210,11 @@ async def test_unknown_ca_is_rejected_by_default(serve, server_ssl, session) -> 
     fake = FakeSklm()
     url = await serve(fake.app(), server_ssl)
     client = SklmClient(config(url), session)
-    with pytest.raises(SklmTlsError, match="certificate not trusted"):
+    with pytest.raises(SklmTlsError) as info:
         await client.poll_phase()
+    assert info.value.detail == (
+        "certificate verify failed: unable to get local issuer certificate"
+    )
     assert fake.calls == []
 
 
@@ -231,8 +234,12 @@ async def test_host_name_is_checked(serve, ca, ca_file, session) -> None:
     ca.issue_cert("sklm.example.com").configure_cert(context)
     url = await serve(FakeSklm().app(), context)
     client = SklmClient(config(url, ca_file=ca_file), session)
-    with pytest.raises(SklmTlsError, match="certificate not trusted"):
+    with pytest.raises(SklmTlsError) as info:
         await client.poll_phase()
+    assert info.value.detail == (
+        "certificate verify failed: IP address mismatch, certificate is not valid "
+        "for '127.0.0.1'"
+    )
 
 
 async def test_pin_replaces_ca_trust(
@@ -255,7 +262,10 @@ async def test_wrong_pin_is_rejected(
     )
     with pytest.raises(SklmTlsError) as info:
         await client.poll_phase()
-    assert f"sha256:{server_fingerprint}" in str(info.value)
+    assert info.value.detail == (
+        "certificate does not match tls_fingerprint (the server presented "
+        f"sha256:{server_fingerprint})"
+    )
     assert fake.calls == []
 
 
@@ -275,7 +285,7 @@ async def test_environment_does_not_add_trust(
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca_file))
     url = await serve(FakeSklm().app(), server_ssl)
     client = SklmClient(config(url), session)
-    with pytest.raises(SklmTlsError, match="certificate not trusted"):
+    with pytest.raises(SklmTlsError, match="certificate verify failed: unable to get"):
         await client.poll_phase()
 
 
@@ -361,6 +371,7 @@ async def test_no_progress_path(serve, session) -> None:
         await client.poll_phase()
     assert RESTORE in str(info.value)
     assert BACKUP_RESTORE in str(info.value)
+    assert info.value.detail.startswith("HTTP 404 from both progress paths (")
 
 
 async def test_redirect_is_not_followed(serve, session) -> None:
@@ -458,8 +469,9 @@ async def test_connection_refused_is_unreachable(serve, session) -> None:
     port = runner.addresses[0][1]
     await runner.cleanup()
     client = SklmClient(config(f"http://127.0.0.1:{port}"), session)
-    with pytest.raises(SklmUnreachable, match="cannot connect"):
+    with pytest.raises(SklmUnreachable) as info:
         await client.poll_phase()
+    assert info.value.detail == "connection refused"
 
 
 async def test_result_and_logout(serve, server_ssl, ca_file, session) -> None:
@@ -568,11 +580,14 @@ async def test_simulator_rejects_credentials(simulator, session) -> None:
 @pytest.mark.parametrize(
     ("fault", "detail"),
     [
-        ("json_500", "HTTP 500 CTGKM0999E"),
-        ("json_404", "HTTP 404 CTGKM0998E"),
-        ("html_200", "body is not JSON (text/html)"),
-        ("html_500", "HTTP 500"),
-        ("truncated", "body is not JSON (application/json)"),
+        ("json_500", "HTTP 500 CTGKM0999E An internal error occurred (simulated)."),
+        ("json_404", "HTTP 404 CTGKM0998E The request failed (simulated)."),
+        (
+            "html_200",
+            "body is an HTML page, not JSON: 'Session expired. Please log in again.'",
+        ),
+        ("html_500", "HTTP 500 HTML page: Session expired. Please log in again."),
+        ("truncated", "body is not JSON (application/json): '"),
     ],
 )
 async def test_simulator_faults(simulator, session, fault, detail) -> None:
@@ -582,4 +597,5 @@ async def test_simulator_faults(simulator, session, fault, detail) -> None:
     with pytest.raises(SklmProtocolError) as info:
         await client.poll_phase()
     assert str(info.value).startswith("sim-1: ")
-    assert detail in str(info.value)
+    assert info.value.detail.startswith(detail)
+    assert str(info.value).startswith(f"sim-1: {info.value.detail}; ")

@@ -337,7 +337,7 @@ CASES: tuple[Case, ...] = (
     Case(
         "html-200",
         P,
-        "body is not JSON (text/html)",
+        "body is an HTML page, not JSON: 'SRVE0255E'",
         answer(
             "200 OK", "<html><body>SRVE0255E</body></html>", content_type="text/html"
         ),
@@ -345,7 +345,7 @@ CASES: tuple[Case, ...] = (
     Case(
         "html-500",
         P,
-        "answered HTTP 500",
+        "HTTP 500 HTML page: Error 500",
         answer(
             "500 Internal Server Error",
             "<html>Error 500</html>",
@@ -355,7 +355,7 @@ CASES: tuple[Case, ...] = (
     Case(
         "html-503",
         P,
-        "answered HTTP 503",
+        "HTTP 503 HTML page: SRVE0211I: starting",
         answer(
             "503 Service Unavailable",
             "<html>SRVE0211I: starting</html>",
@@ -494,7 +494,13 @@ CASES: tuple[Case, ...] = (
         "unknown status 'SKLMAuth userAuthId=***'",
         echo_session_id,
     ),
-    Case("body-echoes-password", P, "body is not JSON (text/html)", echo_password),
+    Case(
+        "body-echoes-password",
+        P,
+        'body is an HTML page, not JSON: \'password {"userid": "SKLMAdmin", '
+        '"password": "***"} is what you sent\'',
+        echo_password,
+    ),
     # -- variants SKLM may send: accepted
     Case(
         "status-lowercase",
@@ -575,7 +581,7 @@ CASES: tuple[Case, ...] = (
     Case(
         "headers-never-end",
         P,
-        "malformed HTTP answer (ClientResponseError",
+        "malformed HTTP answer: Too many headers received; ",
         headers_forever,
     ),
     Case(
@@ -687,11 +693,11 @@ CASES: tuple[Case, ...] = (
     Case(
         "closed-without-answer", U, "connection closed before an answer", close_at_once
     ),
-    Case("reset-without-answer", U, "Connection reset by peer", reset_at_once),
+    Case("reset-without-answer", U, "connection reset by peer", reset_at_once),
     Case(
         "switching-protocols",
         P,
-        "answered HTTP 101",
+        "HTTP 101",
         raw(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
             then="hang",
@@ -707,30 +713,88 @@ CASES: tuple[Case, ...] = (
     Case(
         "no-content-204",
         P,
-        "answered HTTP 204",
+        "HTTP 204 empty body",
         raw(b"HTTP/1.1 204 No Content\r\n\r\n"),
     ),
     Case(
         "header-echoes-session-id",
         P,
-        "malformed HTTP answer (ClientResponseError",
+        "malformed HTTP answer: Invalid header token: "
+        "b'X-Echo SKLMAuth userAuthId=***'",
         echo_session_id_in_header_line,
     ),
     # -- statuses SKLM uses for failures
     Case(
         "404-ctgkm",
         P,
-        "answered HTTP 404 CTGKM0501E (SKLM's generic failure)",
+        # Before discovery any 404 means "try the other path" (issue 11); this
+        # server answers every progress path alike.
+        "HTTP 404 from both progress paths (/ckms/restore/progress: CTGKM0501E "
+        "Internal error; /ckms/backupRestore/progress: CTGKM0501E Internal error); "
+        "tried /SKLM/rest/v1/ckms/restore/progress and "
+        "/SKLM/rest/v1/ckms/backupRestore/progress",
         answer(
             "404 Not Found",
             '{"code": "CTGKM0501E", "message": "CTGKM0501E Internal error"}',
         ),
     ),
     Case(
+        "404-ctgkm-on-kept-path",
+        P,
+        "sklm-hostile: HTTP 404 CTGKM0501E Internal error; ",
+        (
+            idle,
+            answer(
+                "404 Not Found",
+                '{"code": "CTGKM0501E", "message": "CTGKM0501E Internal error"}',
+            ),
+        ),
+        warmup=1,
+        polls=2,
+    ),
+    Case(
+        "404-ctgkm-message-only-on-both",
+        P,
+        "HTTP 404 from both progress paths (/ckms/restore/progress: CTGKM6005E "
+        "Not found.; /ckms/backupRestore/progress: CTGKM6005E Not found.)",
+        answer("404 Not Found", '{"message": "CTGKM6005E Not found."}'),
+    ),
+    Case(
+        "500-ctgkm0001e",
+        P,
+        "sklm-hostile: HTTP 500 CTGKM0001E Internal server error. See the server "
+        "log.; ",
+        answer(
+            "500 Internal Server Error",
+            '{"code": "CTGKM0001E", "message": "CTGKM0001E Internal server error. '
+            'See the server log."}',
+        ),
+    ),
+    Case(
+        "500-ctgkm-control-characters",
+        P,
+        "sklm-hostile: HTTP 500 CTGKM0001E one two [2Jthree four; ",
+        answer(
+            "500 Internal Server Error",
+            '{"code": "CTGKM0001E", "message": "CTGKM0001E one\\r\\ntwo\\u001b[2J'
+            'three\\u202e\\u0000four"}',
+        ),
+    ),
+    Case(
+        "500-ctgkm-endless-message",
+        P,
+        "sklm-hostile: HTTP 500 CTGKM0001E " + "blah " * 27 + "b...; ",
+        answer(
+            "500 Internal Server Error",
+            '{"code": "CTGKM0001E", "message": "CTGKM0001E ' + "blah " * 5000 + '"}',
+        ),
+    ),
+    Case(
         "both-paths-404",
         P,
-        "neither /SKLM/rest/v1/ckms/restore/progress nor "
-        "/SKLM/rest/v1/ckms/backupRestore/progress exists",
+        "HTTP 404 from both progress paths (/ckms/restore/progress: Error 404: "
+        "SRVE0190E: File not found; /ckms/backupRestore/progress: Error 404: "
+        "SRVE0190E: File not found)",
         answer(
             "404 Not Found",
             "Error 404: SRVE0190E: File not found",
@@ -740,7 +804,8 @@ CASES: tuple[Case, ...] = (
     Case(
         "500-servlet-exception",
         P,
-        "answered HTTP 500",
+        "HTTP 500 Error 500: javax.servlet.ServletException: "
+        "java.lang.NullPointerException",
         answer(
             "500 Internal Server Error",
             "Error 500: javax.servlet.ServletException: java.lang.NullPointerException",
@@ -750,7 +815,7 @@ CASES: tuple[Case, ...] = (
     Case(
         "405-no-body",
         P,
-        "answered HTTP 405",
+        "HTTP 405 empty body",
         answer("405 Method Not Allowed", b"", content_type=None),
     ),
     Case(
@@ -832,7 +897,8 @@ CASES: tuple[Case, ...] = (
     Case(
         "login-401-ctgkm6003e",
         A,
-        "login rejected the credentials of user 'SKLMAdmin' (CTGKM6003E)",
+        "login rejected the credentials of user 'SKLMAdmin': HTTP 401 CTGKM6003E "
+        "Authentication Failure: Incorrect userid or password; ",
         login=answer(
             "401 Unauthorized",
             '{"code": "CTGKM6003E", "message": "CTGKM6003E Authentication Failure: '
@@ -844,13 +910,13 @@ CASES: tuple[Case, ...] = (
     Case(
         "login-401-no-body",
         A,
-        "login rejected the credentials of user 'SKLMAdmin'",
+        "login rejected the credentials of user 'SKLMAdmin': HTTP 401 empty body; ",
         login=answer("401 Unauthorized", b"", content_type=None),
     ),
     Case(
         "login-500-servlet",
         P,
-        "login answered HTTP 500",
+        "login answered HTTP 500 Error 500: SRVE0777E; ",
         login=answer(
             "500 Internal Server Error",
             "Error 500: SRVE0777E",
@@ -926,25 +992,26 @@ CASES: tuple[Case, ...] = (
     Case(
         "tls-other-host",
         T,
-        "certificate not trusted (IP address mismatch",
+        "certificate verify failed: IP address mismatch, certificate is not valid "
+        "for '127.0.0.1'; ",
         tls=other_host_cert,
     ),
     Case(
         "tls-expired",
         T,
-        "certificate not trusted (certificate has expired)",
+        "certificate verify failed: certificate has expired; ",
         tls=expired_cert,
     ),
     Case(
         "tls-other-ca",
         T,
-        "certificate not trusted (unable to get local issuer",
+        "certificate verify failed: unable to get local issuer certificate; ",
         tls=other_ca_cert,
     ),
     Case(
         "tls-self-signed",
         T,
-        "certificate not trusted",
+        "certificate verify failed: self-signed certificate; ",
         tls=self_signed_cert,
     ),
 )

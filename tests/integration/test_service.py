@@ -255,6 +255,7 @@ async def test_metrics(serve):
         ("sklm_watcher_events_total", (("type", "sklm.server.recovered"),)): 0,
         ("sklm_watcher_events_total", (("type", "sklm.server.restarted"),)): 0,
         ("sklm_watcher_events_total", (("type", "sklm.auth.failed"),)): 0,
+        ("sklm_watcher_events_total", (("type", "sklm.auth.recovered"),)): 0,
         ("sklm_watcher_outbox_pending", (("sink", "slack"),)): 2,
         ("sklm_watcher_outbox_dead", (("sink", "slack"),)): 1,
         ("sklm_watcher_outbox_oldest_pending_age_seconds", (("sink", "slack"),)): 9,
@@ -290,11 +291,13 @@ async def test_metrics_negotiate_openmetrics(serve):
 async def test_status(serve, source):
     """/status is the exact JSON snapshot of servers, outbox, health and version."""
     source.problem = "journal not writable: disk full"
-    get = await serve()
+    answered = datetime(2026, 11, 29, 10, 5, 31, tzinfo=UTC)
+    get = await serve(now=lambda: answered)
     status, content_type, body = await get("/status")
     assert (status, content_type) == (200, "application/json; charset=utf-8")
     assert json.loads(body) == {
         "version": "9.9.9",
+        "as_of": "2026-11-29T10:05:31.000Z",
         "healthy": False,
         "problem": "journal not writable: disk full",
         "servers": [
@@ -310,6 +313,8 @@ async def test_status(serve, source):
                 "awaiting_restart": False,
                 "consecutive_failures": 0,
                 "last_ok_at": "2026-11-29T10:05:30.250Z",
+                "last_error": None,
+                "last_failure": None,
                 "last_poll_at": "2026-11-29T10:05:30.250Z",
                 "last_latency": 0.02,
                 "polls_ok": 7,
@@ -327,6 +332,8 @@ async def test_status(serve, source):
                 "awaiting_restart": False,
                 "consecutive_failures": 3,
                 "last_ok_at": None,
+                "last_error": None,
+                "last_failure": None,
                 "last_poll_at": "2026-11-29T10:05:30.250Z",
                 "last_latency": 1.5,
                 "polls_ok": 2,

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from watcher.cadence import (
+    DEADLINE_MARGIN,
     Cadence,
     Mode,
     after_crash,
@@ -18,6 +19,7 @@ from watcher.cadence import (
     jittered,
     jittered_below,
     next_poll,
+    until_unreachable,
 )
 from watcher.config import ServerConfig
 from watcher.phases import Phase
@@ -308,3 +310,30 @@ def test_active_intervals_are_only_shortened_by_jitter() -> None:
     assert min(delays) < 0.85
     assert max(delays) > 0.95
     assert jittered_below(1.0, 0.0, rng) == 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Outage:
+    """The three things until_unreachable reads from a tracker state."""
+
+    outage_since_monotonic: float | None = 100.0
+    unreachable_reported: bool = False
+    awaiting_restart: bool = False
+
+
+def test_until_unreachable_is_the_time_left_to_the_reporting_deadline() -> None:
+    """unreachable_after (restart_timeout after a restore) from the outage's start."""
+    config = ServerConfig(
+        name="sklm-1",
+        url="http://127.0.0.1:9443",
+        unreachable_after=60.0,
+        restart_timeout=900.0,
+    )
+    left = until_unreachable(config, Outage(), 131.0)
+    assert left == pytest.approx(29.0 + DEADLINE_MARGIN)
+    restart = until_unreachable(config, Outage(awaiting_restart=True), 131.0)
+    assert restart == pytest.approx(869.0 + DEADLINE_MARGIN)
+    assert until_unreachable(config, Outage(outage_since_monotonic=None), 131.0) is None
+    assert until_unreachable(config, Outage(unreachable_reported=True), 131.0) is None
+    # Past the deadline and unreported: no zero-delay spin, the backoff decides.
+    assert until_unreachable(config, Outage(), 500.0) is None

@@ -361,7 +361,7 @@ async def test_progress_field_names_any_case(mocked, client) -> None:
         (
             b"<html><body>Error 404: SRVE0190E</body></html>",
             "text/html",
-            "body is not JSON (text/html): '<html>",
+            "body is an HTML page, not JSON: 'Error 404: SRVE0190E'",
         ),
         (b"", "application/json", "body is not JSON (application/json): ''"),
         (b'{"code": "\xff\xfe"}', "application/json", "not valid UTF-8"),
@@ -410,8 +410,9 @@ async def test_malformed_progress_is_protocol_error(
     with pytest.raises(SklmProtocolError) as info:
         await client.poll_phase()
     message = str(info.value)
-    assert message.startswith(f"{NAME}: /SKLM/rest/v1/ckms/restore/progress: ")
-    assert detail in message
+    assert message.startswith(f"{NAME}: {info.value.detail}; ")
+    assert detail in info.value.detail
+    assert "(polled /SKLM/rest/v1/ckms/restore/progress)" in info.value.hint
     assert len(info.value.detail) < 200
 
 
@@ -463,10 +464,18 @@ async def test_redirect_is_protocol_error(mocked, client, status) -> None:
 @pytest.mark.parametrize(
     ("status", "body", "detail"),
     [
-        (500, GENERIC, "HTTP 500 CTGKM0999E (SKLM's generic failure)"),
-        (500, "java.lang.NullPointerException", "HTTP 500"),
-        (405, "", "HTTP 405"),
-        (400, {"code": "CTGKM0630E", "message": "validation"}, "HTTP 400 CTGKM0630E"),
+        (500, GENERIC, "HTTP 500 CTGKM0999E Something failed"),
+        (
+            500,
+            "java.lang.NullPointerException",
+            "HTTP 500 java.lang.NullPointerException",
+        ),
+        (405, "", "HTTP 405 empty body"),
+        (
+            400,
+            {"code": "CTGKM0630E", "message": "validation"},
+            "HTTP 400 CTGKM0630E validation",
+        ),
     ],
 )
 async def test_error_status_is_protocol_error(
@@ -480,7 +489,8 @@ async def test_error_status_is_protocol_error(
         mocked.get(RESTORE, status=status, body=body, content_type="text/plain")
     with pytest.raises(SklmProtocolError) as info:
         await client.poll_phase()
-    assert detail in str(info.value)
+    assert info.value.detail == detail
+    assert str(info.value).startswith(f"{NAME}: {detail}; ")
 
 
 # -- progress path discovery -----------------------------------------------------
@@ -521,13 +531,19 @@ async def test_non_ctgkm_json_404_is_no_such_path(mocked, client) -> None:
     assert (await client.poll_phase()).path.endswith("/backupRestore/progress")
 
 
-async def test_ctgkm_404_is_generic_failure(mocked, client) -> None:
-    """A 404 carrying a CTGKM error is IBM's generic failure: no path flip."""
+async def test_ctgkm_404_before_discovery_tries_other_path(mocked, client) -> None:
+    """Until a path answered, a 404 with a CTGKM id also means "try the other".
+
+    Issue 11: a server answering only backupRestore/progress answers the other
+    with ``404 CTGKM6005E``; it was reported unreachable for ever.
+    """
     login_ok(mocked)
     mocked.get(RESTORE, status=404, payload=GENERIC)
-    with pytest.raises(SklmProtocolError, match="HTTP 404 CTGKM0999E"):
-        await client.poll_phase()
-    assert calls(mocked, "GET", BACKUP_RESTORE) == []
+    progress(mocked, "IDLE", "0", BACKUP_RESTORE)
+    result = await client.poll_phase()
+    assert result == PollResult(
+        Phase.IDLE, False, "/SKLM/rest/v1/ckms/backupRestore/progress"
+    )
 
 
 async def test_both_paths_404_names_both(mocked, client) -> None:
@@ -604,55 +620,70 @@ def _failures() -> list[tuple[BaseException, type[SklmError], str]]:
         (
             aiohttp.ClientConnectorError(_connection_key(), refused),
             SklmUnreachable,
-            "cannot connect (ClientConnectorError: errno 111, Connection refused)",
+            "connection refused",
         ),
-        (TimeoutError(), SklmUnreachable, "no answer within 3 s (TimeoutError)"),
+        (
+            aiohttp.ClientConnectorError(
+                _connection_key(), OSError(113, "No route to host")
+            ),
+            SklmUnreachable,
+            "cannot connect: no route to host",
+        ),
+        (
+            aiohttp.ClientConnectorDNSError(
+                _connection_key(), OSError(-2, "Name or service not known")
+            ),
+            SklmUnreachable,
+            "host name not resolved: name or service not known",
+        ),
+        (TimeoutError(), SklmUnreachable, "no answer within 3 s"),
         (
             aiohttp.ConnectionTimeoutError("Connection timeout to host"),
             SklmUnreachable,
-            "no answer within 3 s (ConnectionTimeoutError)",
+            "no answer within 3 s",
         ),
         (
             aiohttp.ServerDisconnectedError(),
             SklmUnreachable,
-            "connection closed before an answer (ServerDisconnectedError)",
+            "connection closed before an answer",
         ),
         (
             aiohttp.ClientOSError(104, "Connection reset by peer"),
             SklmUnreachable,
-            "ClientOSError: errno 104, Connection reset by peer",
+            "connection reset by peer",
         ),
         (
             aiohttp.ClientPayloadError("Response payload is not completed"),
             SklmUnreachable,
-            "answer cut short (ClientPayloadError",
+            "answer cut short (the connection ended mid-body)",
         ),
         (
             aiohttp.ClientConnectionError("Connection refused: GET x"),
             SklmUnreachable,
-            "ClientConnectionError",
+            "connection failed: Connection refused: GET x",
         ),
         (
             aiohttp.ClientConnectorCertificateError(_connection_key(), cert),
             SklmTlsError,
-            "certificate not trusted (self-signed certificate in certificate chain)",
+            "certificate verify failed: self-signed certificate in certificate chain",
         ),
         (
             aiohttp.ClientConnectorSSLError(
                 _connection_key(), ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER]")
             ),
             SklmTlsError,
-            "TLS handshake failed",
+            "TLS handshake failed: wrong version number",
         ),
         (
             ssl.SSLError(1, "[SSL] record layer failure"),
             SklmTlsError,
-            "TLS handshake failed (SSLError",
+            "TLS handshake failed: record layer failure",
         ),
         (
             aiohttp.ServerFingerprintMismatch(b"\x01" * 32, b"\xab" * 32, "h", 1),
             SklmTlsError,
-            "the server presented sha256:" + "ab" * 32,
+            "certificate does not match tls_fingerprint (the server presented "
+            f"sha256:{'ab' * 32})",
         ),
         (
             aiohttp.ClientResponseError(
@@ -664,7 +695,7 @@ def _failures() -> list[tuple[BaseException, type[SklmError], str]]:
                 message="Invalid HTTP status line",
             ),
             SklmProtocolError,
-            "malformed HTTP answer (ClientResponseError: Invalid HTTP status line)",
+            "malformed HTTP answer: Invalid HTTP status line",
         ),
     ]
 
@@ -683,7 +714,7 @@ async def test_transport_failures_are_translated(
     with pytest.raises(SklmError) as info:
         await client.poll_phase()
     assert type(info.value) is kind
-    assert detail in info.value.detail
+    assert info.value.detail == detail
     assert info.value.__cause__ is exc
     assert "sklm.test" not in info.value.detail
 

@@ -75,6 +75,7 @@ BAD_FINGERPRINT = (
     "openssl x509 -noout -fingerprint -sha256 -in cert.pem"
 )
 NOT_WHSEC = "is not a Standard Webhooks secret: it must start with 'whsec_'"
+TYPES = "webhook, slack, log, pagerduty, teams, email or syslog"
 
 # (id, file text, environment, exact problems); "{dir}" is the file's directory.
 BROKEN: list[tuple[str, str, dict[str, str], list[tuple[str, str]]]] = [
@@ -440,7 +441,7 @@ BROKEN: list[tuple[str, str, dict[str, str], list[tuple[str, str]]]] = [
                 "sinks[0].name",
                 "missing required key 'name' (a unique sink name, e.g. name = \"ops\")",
             ),
-            ("sinks[0].type", "missing required key 'type' (webhook, slack or log)"),
+            ("sinks[0].type", f"missing required key 'type' ({TYPES})"),
         ],
     ),
     (
@@ -450,8 +451,7 @@ BROKEN: list[tuple[str, str, dict[str, str], list[tuple[str, str]]]] = [
         [
             (
                 "sinks[0].type",
-                "unknown sink type 'slak': expected webhook, slack or log; "
-                "did you mean 'slack'?",
+                f"unknown sink type 'slak': expected {TYPES}; did you mean 'slack'?",
             )
         ],
     ),
@@ -459,7 +459,7 @@ BROKEN: list[tuple[str, str, dict[str, str], list[tuple[str, str]]]] = [
         "sink-type-that-is-a-url-is-not-echoed",
         SERVER + "[[sinks]]\nname = 'ops'\ntype = 'https://hooks.slack.com/T0/B0/x'\n",
         ENV,
-        [("sinks[0].type", "unknown sink type: expected webhook, slack or log")],
+        [("sinks[0].type", f"unknown sink type: expected {TYPES}")],
     ),
     (
         "duplicate-sink-name",
@@ -680,6 +680,263 @@ BROKEN: list[tuple[str, str, dict[str, str], list[tuple[str, str]]]] = [
             ("sinks[0].min_interval", "must be 0 or more seconds, got -1"),
         ],
     ),
+    # -- pagerduty, teams, email, syslog (issue 15)
+    (
+        "pagerduty-without-routing-key",
+        SERVER + "[[sinks]]\nname = 'pager'\ntype = 'pagerduty'\n",
+        ENV,
+        [
+            (
+                "sinks[0].routing_key",
+                "missing: a pagerduty sink needs routing_key_env, routing_key_file "
+                "or routing_key (the integration key of the service's Events API v2 "
+                "integration)",
+            )
+        ],
+    ),
+    (
+        "pagerduty-two-routing-key-sources",
+        SERVER + "[[sinks]]\nname = 'pager'\ntype = 'pagerduty'\n"
+        "routing_key_env = 'PD'\nrouting_key_file = 'pd-key'\n",
+        ENV,
+        [
+            (
+                "sinks[0].routing_key_file",
+                "conflicts with routing_key_env: set only one of routing_key, "
+                "routing_key_env and routing_key_file",
+            ),
+        ],
+    ),
+    (
+        "pagerduty-routing-key-that-is-a-url-is-not-echoed",
+        SERVER + "[[sinks]]\nname = 'pager'\ntype = 'pagerduty'\n"
+        "routing_key_env = 'PD'\n",
+        {**ENV, "PD": "https://events.pagerduty.com/v2/enqueue?k=R0UT1NG"},
+        [
+            (
+                "sinks[0].routing_key_env",
+                "the value of environment variable PD is not an integration key "
+                "(letters and digits, e.g. 32 characters; not a URL)",
+            )
+        ],
+    ),
+    (
+        "pagerduty-http-url-and-webhook-keys",
+        SERVER + "[[sinks]]\nname = 'pager'\ntype = 'pagerduty'\n"
+        "routing_key_env = 'PD'\nurl = 'http://relay.example/pd'\n"
+        f"secret = '{GOOD_SECRET}'\nhost = 'h'\n",
+        {**ENV, "PD": "0123456789abcdef0123456789abcdef"},
+        [
+            (
+                "sinks[0].secret",
+                "does not apply to a pagerduty sink (only webhook sinks are "
+                "signed); remove it",
+            ),
+            (
+                "sinks[0].host",
+                "does not apply to a pagerduty sink (a pagerduty sink posts to its "
+                "URL; host, port, transport and TLS keys are for email and syslog "
+                "sinks); remove it",
+            ),
+            (
+                "sinks[0].url",
+                "a PagerDuty URL must use https:// (the routing key is in the body) "
+                "(allow_insecure_http = true only for a local test receiver)",
+            ),
+        ],
+    ),
+    (
+        "teams-without-url-and-with-a-routing-key",
+        SERVER + "[[sinks]]\nname = 'teams'\ntype = 'teams'\nrouting_key = 'k'\n"
+        "from = 'a@example.com'\n",
+        ENV,
+        [
+            (
+                "sinks[0].routing_key",
+                "does not apply to a teams sink (only pagerduty sinks take a "
+                "routing key); remove it",
+            ),
+            (
+                "sinks[0].from",
+                "does not apply to a teams sink (only email sinks take SMTP "
+                "credentials and addresses); remove it",
+            ),
+            ("sinks[0].url", "missing: a teams sink needs url, url_env or url_file"),
+        ],
+    ),
+    (
+        "teams-http-url",
+        SERVER + "[[sinks]]\nname = 'teams'\ntype = 'teams'\nurl_env = 'TEAMS'\n",
+        {**ENV, "TEAMS": "http://prod.westus.logic.example/workflows/x?sig=S3CR3T"},
+        [
+            (
+                "sinks[0].url_env",
+                "a Teams webhook URL must use https:// (allow_insecure_http = true "
+                "only for a local test receiver)",
+            )
+        ],
+    ),
+    (
+        "email-missing-host-from-to",
+        SERVER + "[[sinks]]\nname = 'mail'\ntype = 'email'\n",
+        ENV,
+        [
+            ("sinks[0].host", "missing: an email sink needs the SMTP server host"),
+            (
+                "sinks[0].from",
+                "missing: an email sink needs from (the sender, e.g. from = "
+                '"sklm-watcher@example.com")',
+            ),
+            (
+                "sinks[0].to",
+                "missing: an email sink needs to (one address or a list, e.g. "
+                'to = ["ops@example.com"])',
+            ),
+        ],
+    ),
+    (
+        "email-bad-values",
+        SERVER + "[[sinks]]\nname = 'mail'\ntype = 'email'\n"
+        "host = 'smtp://mail.example.com'\nport = 70000\ntransport = 'ssl'\n"
+        "from = 'Ops <ops@example.com>'\nto = ['ok@example.com', 'nobody']\n"
+        "url = 'https://h/x'\nfacility = 'local0'\n",
+        ENV,
+        [
+            (
+                "sinks[0].host",
+                "expected a host name or IP address only (e.g. smtp.example.com), "
+                "without scheme, user, path or spaces",
+            ),
+            ("sinks[0].port", "must be a port from 1 to 65535, got 70000"),
+            (
+                "sinks[0].from",
+                "is not an e-mail address: write the bare address, e.g. "
+                "ops@example.com (no display name, one address per item)",
+            ),
+            (
+                "sinks[0].to[1]",
+                "is not an e-mail address: write the bare address, e.g. "
+                "ops@example.com (no display name, one address per item)",
+            ),
+            (
+                "sinks[0].url",
+                "does not apply to an email sink (an email sink connects to host "
+                "and port, not to a URL); remove it",
+            ),
+            (
+                "sinks[0].facility",
+                "does not apply to an email sink (only syslog sinks take facility "
+                "and app_name); remove it",
+            ),
+            (
+                "sinks[0].transport",
+                "unknown transport 'ssl': expected starttls, tls or none",
+            ),
+        ],
+    ),
+    (
+        "email-credentials-half-and-in-the-clear",
+        SERVER + "[[sinks]]\nname = 'mail'\ntype = 'email'\nhost = 'mail.example.com'\n"
+        "from = 'w@example.com'\nto = 'ops@example.com'\nusername = 'w'\n"
+        "[[sinks]]\nname = 'mail2'\ntype = 'email'\nhost = 'mail.example.com'\n"
+        "transport = 'none'\nverify_tls = false\nfrom = 'w@example.com'\n"
+        "to = 'ops@example.com'\npassword_env = 'SMTP'\n",
+        {**ENV, "SMTP": "smtp-pw"},
+        [
+            (
+                "sinks[0].password",
+                "missing: a username needs password_env, password_file or "
+                "password (SMTP AUTH takes both)",
+            ),
+            (
+                "sinks[1].verify_tls",
+                "applies only with TLS; transport = 'none' sends in the clear",
+            ),
+            (
+                "sinks[1].password_env",
+                "a password needs a username (SMTP AUTH takes both)",
+            ),
+            (
+                "sinks[1].transport",
+                "transport = 'none' would send the SMTP password unencrypted to a "
+                "non-loopback host; use starttls or tls",
+            ),
+        ],
+    ),
+    (
+        "email-ca-file-missing",
+        SERVER + "[[sinks]]\nname = 'mail'\ntype = 'email'\nhost = '::1'\n"
+        "ca_file = 'nope.pem'\nfrom = 'w@example.com'\nto = 'ops@example.com'\n",
+        ENV,
+        [
+            (
+                "sinks[0].ca_file",
+                "cannot read {dir}/nope.pem: No such file or directory",
+            )
+        ],
+    ),
+    (
+        "syslog-missing-host-bad-facility-and-app-name",
+        SERVER + "[[sinks]]\nname = 'siem'\ntype = 'syslog'\nfacility = 'locl0'\n"
+        "app_name = 'sklm watcher'\nport = '514'\nusername = 'u'\n",
+        ENV,
+        [
+            (
+                "sinks[0].app_name",
+                "must be 1 to 48 printable ASCII characters without spaces "
+                "(RFC 5424 APP-NAME)",
+            ),
+            ("sinks[0].port", "expected a port number, got string"),
+            (
+                "sinks[0].username",
+                "does not apply to a syslog sink (only email sinks take SMTP "
+                "credentials and addresses); remove it",
+            ),
+            (
+                "sinks[0].host",
+                "missing: a syslog sink needs the syslog relay or SIEM host",
+            ),
+            (
+                "sinks[0].facility",
+                "unknown facility 'locl0': expected an RFC 5424 name such as "
+                "local0 .. local7, auth, daemon or user; did you mean 'local0'?",
+            ),
+        ],
+    ),
+    (
+        "syslog-host-with-port-and-tls-keys-on-udp",
+        SERVER + "[[sinks]]\nname = 'siem'\ntype = 'syslog'\n"
+        "host = 'siem.example.com:6514'\ntransport = 'udp'\nca_file = 'ca.pem'\n",
+        ENV,
+        [
+            (
+                "sinks[0].host",
+                "write the host name only; the port goes in the port key",
+            ),
+            (
+                "sinks[0].ca_file",
+                "applies only with TLS; transport = 'udp' sends in the clear",
+            ),
+        ],
+    ),
+    (
+        "log-sink-with-routing-key-and-host",
+        SERVER + "[[sinks]]\nname = 'log'\ntype = 'log'\nrouting_key_env = 'PD'\n"
+        "host = 'h'\n",
+        ENV,
+        [
+            (
+                "sinks[0].routing_key_env",
+                "does not apply to a log sink (a log sink sends nothing over the "
+                "network); remove it",
+            ),
+            (
+                "sinks[0].host",
+                "does not apply to a log sink (a log sink sends nothing over the "
+                "network); remove it",
+            ),
+        ],
+    ),
     (
         "sinks-not-an-array",
         SERVER + "[sinks]\nname = 'x'\n",
@@ -747,8 +1004,7 @@ jitter = "lots"
         ("servers[1].url", URL_PATH),
         (
             "sinks[0].type",
-            "unknown sink type 'webhok': expected webhook, slack or log; "
-            "did you mean 'webhook'?",
+            f"unknown sink type 'webhok': expected {TYPES}; did you mean 'webhook'?",
         ),
     ]
 
@@ -948,7 +1204,10 @@ min_interval = 0.5
             SinkConfig(name="log", type="log", min_interval=0.5),
         ),
         source=path,
-        warnings=(),
+        warnings=(
+            "sinks[0].secret: the signing secret is written in the configuration "
+            "file; prefer secret_env or secret_file (a systemd credential)",
+        ),
     )
     assert config == expected
     assert isinstance(config.sinks[0].headers, MappingProxyType)
@@ -1229,7 +1488,8 @@ headers = {{ Authorization = "hdr-value-7V7" }}
     config = load_config(write(tmp_path, valid), environ)
     assert config.servers[1].password.reveal() == "pw-env-8R3"
     assert config.sinks[1].headers["Authorization"] == "hdr-value-7V7"
-    assert len(config.warnings) == 5
+    # Five, and since issue 11 the inline signing secret's.
+    assert len(config.warnings) == 6
     _assert_no_secret(repr(config))
     _assert_no_secret(str(config))
     _assert_no_secret("\n".join(config.warnings))

@@ -994,6 +994,8 @@ def test_silence_list_and_remove(journal: Journal, paths: Paths) -> None:
         "until": "2026-11-29T10:01:40.000Z",
         "reason": "window",
         "created_at": "2026-11-29T10:00:00.000Z",
+        "removed_at": None,
+        "removed_by": None,
     }
     assert journal.remove_silence(first) is True
     assert journal.remove_silence(first) is False
@@ -1023,7 +1025,9 @@ def test_version_1_database_gets_silences(paths: Paths, logs) -> None:
     paths.execute("DROP TABLE silences")
     paths.execute("DELETE FROM meta WHERE key LIKE 'audit_%'")
     paths.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
-    with pytest.raises(JournalError, match="older than 2"):
+    with pytest.raises(
+        JournalError, match=f"older than {journal_module.SCHEMA_VERSION}"
+    ):
         paths.open(read_only=True)
     logs.clear()
 
@@ -1040,7 +1044,7 @@ def test_version_1_database_gets_silences(paths: Paths, logs) -> None:
         "log_level": "info",
         "path": str(paths.db),
         "old": 1,
-        "new": 2,
+        "new": journal_module.SCHEMA_VERSION,
     }
 
 

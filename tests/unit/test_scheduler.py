@@ -30,7 +30,9 @@ from watcher.phases import Phase
 from watcher.scheduler import (
     EVENT,
     POLL_FAILED,
+    POLL_FAILING,
     POLL_OK,
+    POLL_RECOVERED,
     WATCH_CRASHED,
     Fleet,
     ServerWatch,
@@ -319,22 +321,30 @@ async def test_observation_is_stamped_with_clock_times_and_latency(
 async def test_client_errors_become_failed_observations(
     clock: VirtualClock, tracker: TrackerSpy, error: SklmError, failure: Failure
 ) -> None:
-    """Each client error class maps to its failure kind, with the message as detail."""
+    """Each client error class maps to its failure kind, its reason in words as detail.
+
+    The error's ``detail``, not its message: that repeats the server name and adds
+    the hint, and the detail is what status, events and logs show (issue 11).
+    """
     poller = ScriptedPoller(clock, [error])
     await run_for(fleet_of(clock, {"a": poller}, ListRecorder()), clock, 29.999)
     observation = tracker.observations[0]
     assert observation.failure is failure
-    assert observation.detail == str(error)
+    assert observation.detail == error.detail
     assert observation.phase is None
 
 
 async def test_errors_back_off_and_recover(
     clock: VirtualClock, tracker: TrackerSpy
 ) -> None:
-    """Failed polls back off exponentially; an answer returns to the idle interval."""
+    """Failed polls back off exponentially; an answer returns to the idle interval.
+
+    (unreachable_after is out of the way: its deadline would cut a backoff short.)
+    """
     down = SklmUnreachable("a", "connection refused")
     poller = ScriptedPoller(clock, [Phase.IDLE, *[down] * 5, Phase.IDLE])
-    await run_for(fleet_of(clock, {"a": poller}, ListRecorder()), clock, 200)
+    configs = [server("a", unreachable_after=600.0)]
+    await run_for(fleet_of(clock, {"a": poller}, ListRecorder(), configs), clock, 200)
     assert gaps(poller.polled_at)[:8] == [30.0, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
 
 
@@ -623,7 +633,11 @@ async def test_cancellation_raised_inside_a_poll_is_not_swallowed(
 async def test_logs_debug_per_poll_and_info_per_event(
     clock: VirtualClock, tracker: TrackerSpy, logs: list[dict[str, Any]]
 ) -> None:
-    """Polls log at debug; each recorded event logs one info line."""
+    """Polls log at debug; each recorded event logs one info line.
+
+    The one failed poll in between is a failure transition: one warning when it
+    starts, one info line when the server answers again (issue 11).
+    """
     down = SklmUnreachable("a", "connection refused")
     poller = ScriptedPoller(clock, [Phase.IDLE, down, Phase.INITIALIZE])
     await run_for(fleet_of(clock, {"a": poller}, ListRecorder()), clock, 35.1)
@@ -632,10 +646,15 @@ async def test_logs_debug_per_poll_and_info_per_event(
     assert [e["event"] for e in polls] == [POLL_OK, POLL_FAILED, POLL_OK]
     assert polls[1]["failure"] is Failure.UNREACHABLE
     infos = [e for e in logs if e["log_level"] == "info"]
-    assert [(e["event"], e["type"], e["server"], e["phase"]) for e in infos] == [
+    assert [
+        (e["event"], e.get("type"), e["server"], e.get("phase")) for e in infos
+    ] == [
+        (POLL_RECOVERED, None, "a", None),
         (EVENT, "sklm.restore.started", "a", "INITIALIZE"),
         (EVENT, "sklm.restore.phase", "a", "INITIALIZE"),
     ]
+    warnings = [e for e in logs if e["log_level"] == "warning"]
+    assert [e["event"] for e in warnings] == [POLL_FAILING]
 
 
 async def test_stats_count_polls_and_keep_the_last_latency(
@@ -801,3 +820,159 @@ async def test_system_clock_reads_real_time() -> None:
     await clock.sleep(0)
     assert clock.monotonic() >= before
     assert clock.now().tzinfo is UTC
+
+
+# --- operator truth: transitions logged once, with the reason (issue 11) ----------
+
+
+def transitions(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The failure-transition log entries, whole."""
+    return [e for e in logs if e["event"] in (POLL_FAILING, POLL_RECOVERED)]
+
+
+REFUSED_HINT = "check that the server is up and reachable from this host"
+
+
+async def test_first_failed_poll_warns_once_with_the_reason_and_recovery_says_how_long(
+    clock: VirtualClock, tracker: TrackerSpy, logs: list[dict[str, Any]]
+) -> None:
+    """One warning on the first failure (none on the next two), one info when back."""
+    down = SklmUnreachable("a", "connection refused")
+    poller = ScriptedPoller(clock, [Phase.IDLE, down, down, down, Phase.IDLE])
+    await run_for(fleet_of(clock, {"a": poller}, ListRecorder()), clock, 100)
+    # Failures at T, T+1, T+3; the answer at T+7 (backoff 1, 2, 4).
+    assert transitions(logs) == [
+        {
+            "event": POLL_FAILING,
+            "log_level": "warning",
+            "server": "a",
+            "failure": "unreachable",
+            "detail": "connection refused",
+            "hint": REFUSED_HINT,
+            "previous": None,
+            "after_restore": False,
+        },
+        {
+            "event": POLL_RECOVERED,
+            "log_level": "info",
+            "server": "a",
+            "failure": "unreachable",
+            "failed_for": 7.0,
+            "failed_polls": 3,
+        },
+    ]
+
+
+async def test_a_change_of_failure_kind_warns_again(
+    clock: VirtualClock, tracker: TrackerSpy, logs: list[dict[str, Any]]
+) -> None:
+    """Refused, refused, then a bad certificate twice: two warnings, one recovery."""
+    down = SklmUnreachable("a", "connection refused")
+    tls = SklmTlsError(
+        "a", "certificate verify failed: unable to get local issuer certificate"
+    )
+    script: list[Phase | BaseException] = [Phase.IDLE, down, down, tls, tls]
+    poller = ScriptedPoller(clock, [*script, Phase.IDLE])
+    await run_for(fleet_of(clock, {"a": poller}, ListRecorder()), clock, 100)
+    assert [
+        (e["event"], e["log_level"], e["failure"], e.get("previous"), e.get("detail"))
+        for e in transitions(logs)
+    ] == [
+        (POLL_FAILING, "warning", "unreachable", None, "connection refused"),
+        (
+            POLL_FAILING,
+            "warning",
+            "tls",
+            "unreachable",
+            "certificate verify failed: unable to get local issuer certificate",
+        ),
+        (POLL_RECOVERED, "info", "tls", None, None),
+    ]
+    assert transitions(logs)[-1]["failed_polls"] == 4
+
+
+async def test_failure_during_the_expected_restart_is_info_not_a_warning(
+    clock: VirtualClock, tracker: TrackerSpy, logs: list[dict[str, Any]]
+) -> None:
+    """After COMPLETED the server is expected away: its first failed poll is info."""
+    down = SklmUnreachable("a", "connection refused")
+    script: list[Phase | BaseException] = [Phase.IDLE, Phase.COMPLETED, down, down]
+    poller = ScriptedPoller(clock, [*script, Phase.IDLE])
+    await run_for(fleet_of(clock, {"a": poller}, ListRecorder()), clock, 100)
+    assert [
+        (e["event"], e["log_level"], e.get("after_restore")) for e in transitions(logs)
+    ] == [(POLL_FAILING, "info", True), (POLL_RECOVERED, "info", None)]
+
+
+async def test_unreachable_fires_at_unreachable_after_even_when_backoff_is_longer(
+    clock: VirtualClock, tracker: TrackerSpy, logs: list[dict[str, Any]]
+) -> None:
+    """Backoff 1, 2, 4, ... 32 would poll next at +63 s; the deadline poll is at +60.
+
+    The event's detail is the reason in words, and its log line is a warning.
+    """
+    config = server("a", unreachable_after=60.0, max_backoff=300.0)
+    down = SklmUnreachable("a", "connection refused")
+    poller = ScriptedPoller(clock, [Phase.IDLE], then=down)
+    recorder = ListRecorder()
+    await run_for(fleet_of(clock, {"a": poller}, recorder, [config]), clock, 200)
+    first_failure = poller.polled_at[1]
+    unreachable = [
+        e for e in recorder.events() if e.type is EventType.SERVER_UNREACHABLE
+    ]
+    assert len(unreachable) == 1
+    data = unreachable[0].data
+    assert data["down_for"] <= 60.0 + 0.01
+    assert data["down_for"] >= 60.0
+    assert data["detail"] == "connection refused"
+    assert data["failure"] == "unreachable"
+    offsets = [round(t - first_failure, 3) for t in poller.polled_at[1:8]]
+    assert offsets == [0.0, 1.0, 3.0, 7.0, 15.0, 31.0, 60.001]
+    lines = [e for e in logs if e["event"] == EVENT]
+    assert [(e["type"], e["log_level"], e["detail"]) for e in lines] == [
+        ("sklm.server.unreachable", "warning", "connection refused")
+    ]
+
+
+async def test_auth_rejection_warns_once_and_recovery_is_logged(
+    clock: VirtualClock, tracker: TrackerSpy, logs: list[dict[str, Any]]
+) -> None:
+    """Rejected credentials three polls in a row: one warning; then auth.recovered."""
+    rejected = SklmAuthError("a", "CTGKM6003E: invalid user name or password")
+    poller = ScriptedPoller(clock, [Phase.IDLE, rejected, rejected, rejected])
+    recorder = ListRecorder()
+    await run_for(fleet_of(clock, {"a": poller}, recorder), clock, 1000)
+    assert [(e["event"], e["log_level"], e["failure"]) for e in transitions(logs)] == [
+        (POLL_FAILING, "warning", "auth"),
+        (POLL_RECOVERED, "info", "auth"),
+    ]
+    assert [e.type for e in recorder.events()] == [
+        EventType.AUTH_FAILED,
+        EventType.AUTH_RECOVERED,
+    ]
+    levels = [(e["type"], e["log_level"]) for e in logs if e["event"] == EVENT]
+    assert levels == [
+        ("sklm.auth.failed", "warning"),
+        ("sklm.auth.recovered", "info"),
+    ]
+
+
+async def test_a_reload_neither_repeats_the_failure_warning_nor_loses_the_recovery(
+    clock: VirtualClock, tracker: TrackerSpy, logs: list[dict[str, Any]]
+) -> None:
+    """A server failing across a reload that restarts its watch: one warning, one info."""
+    down = SklmUnreachable("a", "connection refused")
+    poller = ScriptedPoller(clock, [Phase.IDLE, down, down, down], then=down)
+    fleet = fleet_of(clock, {"a": poller}, ListRecorder())
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(fleet.run)
+        await clock.advance(40)
+        assert len(poller.polled_at) >= 3
+        poller.then = Phase.IDLE
+        await fleet.reconfigure([server("a", idle_interval=20.0)], {"a": poller})
+        await clock.advance(60)
+        tg.cancel_scope.cancel()
+    assert [(e["event"], e["log_level"]) for e in transitions(logs)] == [
+        (POLL_FAILING, "warning"),
+        (POLL_RECOVERED, "info"),
+    ]

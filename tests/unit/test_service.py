@@ -276,6 +276,7 @@ EVENT_TYPES = [
     "sklm.server.recovered",
     "sklm.server.restarted",
     "sklm.auth.failed",
+    "sklm.auth.recovered",
 ]
 
 
@@ -408,6 +409,7 @@ def test_status_document_of_a_fleet():
     """The /status document holds every server, the outbox and the health."""
     assert status_document(fleet_snapshot()) == {
         "version": "0.1.0",
+        "as_of": None,
         "healthy": True,
         "problem": None,
         "servers": [
@@ -423,6 +425,8 @@ def test_status_document_of_a_fleet():
                 "awaiting_restart": False,
                 "consecutive_failures": 0,
                 "last_ok_at": "2026-11-29T10:01:40.000Z",
+                "last_error": None,
+                "last_failure": None,
                 "last_poll_at": "2026-11-29T10:01:40.000Z",
                 "last_latency": 0.012,
                 "polls_ok": 40,
@@ -440,6 +444,8 @@ def test_status_document_of_a_fleet():
                 "awaiting_restart": False,
                 "consecutive_failures": 0,
                 "last_ok_at": "2026-11-29T10:01:39.500Z",
+                "last_error": None,
+                "last_failure": None,
                 "last_poll_at": "2026-11-29T10:01:39.500Z",
                 "last_latency": 0.25,
                 "polls_ok": 12,
@@ -457,6 +463,8 @@ def test_status_document_of_a_fleet():
                 "awaiting_restart": True,
                 "consecutive_failures": 2,
                 "last_ok_at": "2026-11-29T10:00:55.000Z",
+                "last_error": None,
+                "last_failure": None,
                 "last_poll_at": "2026-11-29T10:01:38.000Z",
                 "last_latency": 2.5,
                 "polls_ok": 9,
@@ -474,6 +482,8 @@ def test_status_document_of_a_fleet():
                 "awaiting_restart": False,
                 "consecutive_failures": 0,
                 "last_ok_at": None,
+                "last_error": None,
+                "last_failure": None,
                 "last_poll_at": "2026-11-29T10:01:37.000Z",
                 "last_latency": 0.04,
                 "polls_ok": 0,
@@ -516,6 +526,8 @@ def test_status_of_a_server_without_stats():
             "awaiting_restart": False,
             "consecutive_failures": 0,
             "last_ok_at": None,
+            "last_error": None,
+            "last_failure": None,
             "last_poll_at": None,
             "last_latency": None,
             "polls_ok": 0,

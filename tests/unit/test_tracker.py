@@ -647,7 +647,10 @@ def test_vanish_in_cleanup_waits_for_restart_timeout() -> None:
 
 
 def test_auth_failed_once_per_run() -> None:
-    """Rejected credentials are reported once per run; a good poll ends the run."""
+    """Rejected credentials are reported once per run; a good poll ends the run.
+
+    ... and says so (``sklm.auth.recovered``, issue 11).
+    """
     bad = Failure.AUTH
     obs = [
         ok(0, IDLE),
@@ -658,7 +661,11 @@ def test_auth_failed_once_per_run() -> None:
         down(50, bad, "CTGKM6003E"),
     ]
     state, events, _ = feed(obs)
-    assert brief(events) == [("auth.failed", "IDLE", None)] * 2
+    assert brief(events) == [
+        ("auth.failed", "IDLE", None),
+        ("auth.recovered", "IDLE", None),
+        ("auth.failed", "IDLE", None),
+    ]
     assert dict(events[0].data) == {
         "server": SERVER,
         "detail": "CTGKM6003E",
@@ -667,7 +674,7 @@ def test_auth_failed_once_per_run() -> None:
     assert events[0].id == stable_id(
         SERVER, str(EventType.AUTH_FAILED), stable_id(SERVER, "auth", ts(10))
     )
-    assert events[1].id != events[0].id
+    assert events[2].id != events[0].id
     assert state.auth_failed
     assert not state.failing
 

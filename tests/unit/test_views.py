@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from watcher.config import ServerConfig, SinkConfig
-from watcher.events import Event, stable_id
+from watcher.events import Event, format_time, stable_id
 from watcher.journal import GENESIS_HASH, Journal
 from watcher.phases import Phase
 from watcher.tracker import Failure, Health, Observation, ServerState, step
@@ -151,7 +151,10 @@ def test_fleet_status_rows(journal: Journal) -> None:
     names = ["prod-1", "lab-1", "dr-1", "gone-1", "auth-1", "new-1"]
 
     rows = fleet_status(journal, at(200), names)
+    # The time of the newest stored state (the journal stamps it when written).
+    stored = journal.last_state_update()
 
+    assert stored is not None
     assert rows == [
         ServerStatusRow(
             server="prod-1",
@@ -161,6 +164,7 @@ def test_fleet_status_rows(journal: Journal) -> None:
             in_phase_for=160.0,
             restore_id=rid("prod-1", 10),
             last_ok_at=at(40),
+            as_of=stored,
         ),
         ServerStatusRow(
             server="lab-1",
@@ -170,6 +174,7 @@ def test_fleet_status_rows(journal: Journal) -> None:
             in_phase_for=191.0,
             restore_id=rid("lab-1", 5),
             last_ok_at=at(9),
+            as_of=stored,
         ),
         ServerStatusRow(
             server="dr-1",
@@ -181,6 +186,7 @@ def test_fleet_status_rows(journal: Journal) -> None:
             restore_active=True,
             restore_since=at(0),
             last_ok_at=at(120),
+            as_of=stored,
         ),
         ServerStatusRow(
             server="gone-1",
@@ -191,9 +197,18 @@ def test_fleet_status_rows(journal: Journal) -> None:
             restore_id=rid("gone-1", 1),
             last_ok_at=at(3),
             failures=2,
+            last_error="connection refused",
+            last_failure="unreachable",
+            as_of=stored,
         ),
-        ServerStatusRow(server="auth-1", health=Health.AUTH_FAILED),
-        ServerStatusRow(server="new-1", health=Health.UNKNOWN),
+        ServerStatusRow(
+            server="auth-1",
+            health=Health.AUTH_FAILED,
+            last_error="connection refused",
+            last_failure="auth",
+            as_of=stored,
+        ),
+        ServerStatusRow(server="new-1", health=Health.UNKNOWN, as_of=stored),
     ]
     assert [r.server for r in fleet_status(journal, at(200))] == sorted(names[:-1])
 
@@ -211,7 +226,9 @@ def test_fleet_status_while_restarting(tmp_path: Path) -> None:
 def test_status_json_and_text(journal: Journal) -> None:
     """A status row's JSON has the documented keys and the table aligns columns."""
     rows = fleet_status(journal, at(200), ["dr-1", "auth-1"])
+    stored = journal.last_state_update()
 
+    assert stored is not None
     assert rows[0].to_json() == {
         "server": "dr-1",
         "health": "ok",
@@ -225,12 +242,16 @@ def test_status_json_and_text(journal: Journal) -> None:
         "restore_since": "2026-11-29T10:00:00.000Z",
         "last_ok_at": "2026-11-29T10:02:00.000Z",
         "failures": 0,
+        "last_error": None,
+        "last_failure": None,
+        "daemon_running": None,
+        "as_of": format_time(stored),
     }
     assert rows[1].to_json()["health"] == "auth_failed"
     assert plain(rows) == (
-        "SERVER  HEALTH       PHASE              STEP  IN PHASE  RESTORE SINCE         LAST OK\n"
-        "dr-1    ok           RESTORE_KEYSTORES  4/7   2m30s     2026-11-29 10:00:00Z  2026-11-29 10:02:00Z\n"
-        "auth-1  auth_failed  -                  -     -         -                     -\n"
+        "SERVER  HEALTH       PHASE              STEP  IN PHASE  RESTORE SINCE         LAST OK               REASON\n"
+        "dr-1    ok           RESTORE_KEYSTORES  4/7   2m30s     2026-11-29 10:00:00Z  2026-11-29 10:02:00Z  -\n"
+        "auth-1  auth_failed  -                  -     -         -                     -                     connection refused\n"
     )
 
 

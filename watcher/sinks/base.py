@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import email.utils
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Final, Protocol
+from typing import Final, Protocol, runtime_checkable
 
 import aiohttp
 
@@ -60,6 +60,22 @@ class Sink(Protocol):
     async def deliver(self, event: Event) -> None:
         """Deliver one event, or raise :class:`~watcher.errors.DeliveryError`."""
         ...
+
+
+@runtime_checkable
+class ClosableSink(Sink, Protocol):
+    """A sink that holds a connection of its own (syslog) and must close it."""
+
+    async def aclose(self) -> None:
+        """Close what the sink holds open; delivering again reopens it."""
+        ...
+
+
+async def close_sinks(sinks: Iterable[Sink]) -> None:
+    """Close every sink that holds a connection (after a reload, at shutdown)."""
+    for sink in sinks:
+        if isinstance(sink, ClosableSink):
+            await sink.aclose()
 
 
 def parse_retry_after(value: str | None, now: datetime) -> float | None:

@@ -7,7 +7,7 @@ from typing import Any, Final
 import structlog
 
 from watcher.config import SinkConfig
-from watcher.events import Event
+from watcher.events import Event, log_level
 
 #: The log event name of a delivered event.
 SINK_EVENT: Final = "sink.event"
@@ -24,13 +24,19 @@ LOGGED_FIELDS: Final = (
     "stalled_for",
     "down_for",
     "late",
+    "failure",
+    "detail",
+    "failed_for",
 )
 
 _log = structlog.get_logger(__name__)
 
 
 class LogSink:
-    """Writes each event to the log at info level; never fails."""
+    """Writes each event to the log, at the level its type means; never fails.
+
+    Problems (failed, stalled, unreachable, auth failed) are warnings, the rest info.
+    """
 
     def __init__(self, config: SinkConfig) -> None:
         self._config = config
@@ -45,7 +51,8 @@ class LogSink:
         fields: dict[str, Any] = {
             key: event.data[key] for key in LOGGED_FIELDS if key in event.data
         }
-        _log.info(
+        _log.log(
+            log_level(event.type),
             SINK_EVENT,
             sink=self.name,
             type=str(event.type),

@@ -3,7 +3,10 @@
 Completed and failed restores get a header, the facts (server, outcome, duration,
 end time), the reason for a failure, the phase timeline with each phase's duration
 (inferred phases marked) and the restore id in a context block. Every other event
-is one concise section. The payload shape is stable: tests assert it whole.
+is one concise section. The fallback ``text`` (what a phone's lock screen shows)
+leads with the server and names the reason in words (``data.detail``):
+``sklm-2: unreachable: connection refused``. The payload shape is stable: tests
+assert it whole.
 
 Slack answers errors with a status and a short code in the body (``invalid_payload``,
 ``channel_not_found``, ``channel_is_archived``, ``no_service``, ``invalid_token``,
@@ -45,6 +48,7 @@ _EMOJI: Final[Mapping[EventType, str]] = {
     EventType.SERVER_RECOVERED: ":large_green_circle:",
     EventType.SERVER_RESTARTED: ":arrows_counterclockwise:",
     EventType.AUTH_FAILED: ":lock:",
+    EventType.AUTH_RECOVERED: ":unlock:",
     EventType.TEST: ":wave:",
 }
 
@@ -154,11 +158,17 @@ def _summary(event: Event) -> str:
             stalled_for = format_duration(data.get("stalled_for"))
             return f"restore stalled in {phase} for {stalled_for}"
         case EventType.SERVER_UNREACHABLE:
-            reason = escape(data.get("reason") or "no answer")
-            after = " after a restore" if data.get("after_restore") else ""
-            return f"server unreachable{after} ({reason})"
+            return _unreachable(event)
         case EventType.SERVER_RECOVERED:
-            return f"server answers again after {format_duration(data.get('down_for'))}"
+            down_for = data.get("down_for")
+            if data.get("after_restore"):
+                away = (
+                    "" if down_for is None else f" (away {format_duration(down_for)})"
+                )
+                return f"server back after the restore, later than expected{away}"
+            if down_for is None:
+                return "server answers again"
+            return f"server answers again after {format_duration(down_for)}"
         case EventType.SERVER_RESTARTED:
             late = ", later than expected" if data.get("late") else ""
             if data.get("down_for") is None:
@@ -167,11 +177,55 @@ def _summary(event: Event) -> str:
             away = format_duration(data.get("down_for"))
             return f"server back after its post-restore restart (away {away}{late})"
         case EventType.AUTH_FAILED:
-            return "login rejected: check the configured username and password"
+            detail = _detail(event)
+            said = f"{detail}; " if detail else ""
+            return f"login rejected: {said}check the configured username and password"
+        case EventType.AUTH_RECOVERED:
+            failed_for = data.get("failed_for")
+            if failed_for is None:
+                return "login accepted again"
+            return f"login accepted again (rejected for {format_duration(failed_for)})"
         case EventType.TEST:
             return "test message from sklm-watcher"
         case _:
             return escape(event.type)
+
+
+#: How each failure kind (``data.failure``) reads in a message.
+_FAILURE_WORDS: Final[Mapping[str, str]] = {
+    "unreachable": "unreachable",
+    "tls": "TLS error",
+    "protocol": "protocol error",
+}
+
+
+def _detail(event: Event) -> str:
+    """The reason in words (``data.detail``), escaped; ``""`` when there is none."""
+    detail = event.data.get("detail")
+    if not isinstance(detail, str) or not detail.strip():
+        return ""
+    # A detail recorded by an older version starts with the server's name, which
+    # the message already shows first.
+    detail = detail.strip().removeprefix(f"{event.server}: ")
+    return escape(detail)
+
+
+def _unreachable(event: Event) -> str:
+    """``unreachable: connection refused``: the kind, then the reason in words.
+
+    The fallback ``text`` is what a phone's lock screen shows, so the reason comes
+    right after the server's name rather than the kind alone.
+    """
+    data = event.data
+    detail = _detail(event)
+    if data.get("after_restore"):
+        down_for = data.get("down_for")
+        after = "" if down_for is None else f" {format_duration(down_for)}"
+        said = f"not back{after} after the restore"
+    else:
+        kind = data.get("failure") or data.get("reason") or "unreachable"
+        said = escape(_FAILURE_WORDS.get(str(kind), str(kind)))
+    return f"{said}: {detail}" if detail else said
 
 
 def render(event: Event) -> dict[str, Any]:

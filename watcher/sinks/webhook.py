@@ -46,9 +46,9 @@ def signature_header(
 class WebhookSink:
     """POSTs each event's CloudEvents JSON to one URL.
 
-    With ``secrets`` configured, adds the Standard Webhooks headers ``webhook-id``
-    (the event id, stable across retries, so receivers can deduplicate),
-    ``webhook-timestamp`` and ``webhook-signature``.
+    Every POST carries the Standard Webhooks headers ``webhook-id`` (the event id,
+    stable across retries, so receivers can deduplicate) and ``webhook-timestamp``;
+    with ``secrets`` configured, ``webhook-signature`` too.
 
     Raises:
         ConfigError: At construction, when the URL is missing or a secret is not
@@ -104,10 +104,12 @@ class WebhookSink:
         """Return the request headers for ``event``: configured ones, then ours."""
         headers = dict(self._config.headers)
         headers["Content-Type"] = CONTENT_TYPE
+        # Id and timestamp go out signed or not: receivers deduplicate on the id
+        # (stable across retries and restarts) whether or not they verify.
+        timestamp = int(self._clock.now().timestamp())
+        headers["webhook-id"] = event.id
+        headers["webhook-timestamp"] = str(timestamp)
         if self._keys:
-            timestamp = int(self._clock.now().timestamp())
-            headers["webhook-id"] = event.id
-            headers["webhook-timestamp"] = str(timestamp)
             headers["webhook-signature"] = signature_header(
                 self._keys, event.id, timestamp, body
             )

@@ -143,10 +143,10 @@ def test_failed_restore_message() -> None:
         (EventType.RESTORE_STARTED, {"phase": "INITIALIZE"}, "restore started (phase INITIALIZE)"),
         (EventType.RESTORE_PHASE, {"phase": "CLEANUP", "inferred": True}, "restore entered CLEANUP (inferred)"),
         (EventType.RESTORE_STALLED, {"phase": "CLEANUP", "stalled_for": 1830.0}, "restore stalled in CLEANUP for 30m 30s"),
-        (EventType.SERVER_UNREACHABLE, {"reason": "unreachable", "after_restore": True}, "server unreachable after a restore (unreachable)"),
+        (EventType.SERVER_UNREACHABLE, {"reason": "the server did not come back within restart_timeout (900 s) after the restore", "failure": "unreachable", "detail": "connection refused", "down_for": 905.0, "after_restore": True}, "not back 15m 05s after the restore: connection refused"),
         (EventType.SERVER_RECOVERED, {"down_for": 75.0}, "server answers again after 1m 15s"),
         (EventType.SERVER_RESTARTED, {"down_for": 42.0, "late": True}, "server back after its post-restore restart (away 42.0s, later than expected)"),
-        (EventType.AUTH_FAILED, {"detail": "CTGKM6003E"}, "login rejected: check the configured username and password"),
+        (EventType.AUTH_FAILED, {"detail": "CTGKM6003E"}, "login rejected: CTGKM6003E; check the configured username and password"),
         (EventType.TEST, {}, "test message from sklm-watcher"),
     ],
 )  # fmt: skip

@@ -51,7 +51,13 @@ async def test_posts_the_cloudevent_json(session, clock) -> None:
         await sink.deliver(event)
     body, headers, kwargs = _sent(mocked)
     assert json.loads(body) == event.to_dict()
-    assert headers == {"X-Team": "kms", "Content-Type": "application/json"}
+    # Unsigned, the POST still carries the id receivers deduplicate on, and its time.
+    assert headers == {
+        "X-Team": "kms",
+        "Content-Type": "application/json",
+        "webhook-id": event.id,
+        "webhook-timestamp": str(int(clock.now().timestamp())),
+    }
     assert kwargs["allow_redirects"] is False
     assert kwargs["timeout"] == aiohttp.ClientTimeout(total=3.0)
 
