@@ -9,7 +9,7 @@ Rules, first match wins:
 
 1. Failure ``AUTH`` → ``auth_retry_interval``: rejected credentials are a
    configuration problem, and hammering the login would lock the account out.
-2. Any other failure → exponential backoff (tenacity), starting at
+2. Any other failure → exponential backoff (``watcher.backoff``), starting at
    ``min(active_interval, 1.0)`` and doubling per consecutive failure, capped at
    ``max_backoff``; tighter while it matters: at most ``restart_interval`` while
    awaiting the restart after a restore (the server is *expected* to be away, and we
@@ -35,16 +35,12 @@ import math
 import random
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Final, Protocol, cast
+from typing import Final, Protocol
 
-from tenacity import wait_exponential
-
+from watcher.backoff import Backoff
 from watcher.config import ServerConfig
 from watcher.phases import Phase
 from watcher.tracker import Failure, Observation
-
-if TYPE_CHECKING:
-    from tenacity import RetryCallState
 
 #: The first error backoff never exceeds this (seconds), whatever ``active_interval``.
 FIRST_BACKOFF_MAX: Final = 1.0
@@ -110,13 +106,6 @@ class Cadence:
         return cls(last_phase=state.phase, mode=_steady(state))
 
 
-@dataclass(frozen=True, slots=True)
-class _Attempt:
-    """The one field of tenacity's ``RetryCallState`` its wait strategies read."""
-
-    attempt_number: int
-
-
 def steady_interval(config: ServerConfig, state: WatchedState) -> float:
     """Return the interval without burst, errors or jitter: restart, active or idle."""
     if state.awaiting_restart:
@@ -149,15 +138,29 @@ def backoff_cap(config: ServerConfig, state: WatchedState) -> float:
 def backoff(config: ServerConfig, state: WatchedState, attempt: int) -> float:
     """Return the error backoff (before jitter) after ``attempt`` consecutive errors.
 
-    ``min(active_interval, 1.0) * 2 ** (attempt - 1)``, capped by :func:`backoff_cap`,
-    computed by tenacity's ``wait_exponential`` (its jittered twin draws from the
-    global ``random``; ours must come from the injected generator).
+    ``min(active_interval, 1.0) * 2 ** (attempt - 1)``, capped by :func:`backoff_cap`.
+    The policy carries no jitter of its own: cadence spreads every delay, backoff
+    or not, by its ``± jitter`` rule (:func:`jittered`).
     """
-    wait = wait_exponential(
-        multiplier=min(config.active_interval, FIRST_BACKOFF_MAX),
-        max=backoff_cap(config, state),
+    policy = Backoff(
+        initial=min(config.active_interval, FIRST_BACKOFF_MAX),
+        maximum=backoff_cap(config, state),
     )
-    return wait(cast("RetryCallState", _Attempt(max(attempt, 1))))
+    return policy.delay(attempt)
+
+
+def _error_delay(
+    config: ServerConfig,
+    state: WatchedState,
+    attempt: int,
+    rng: random.Random,
+    jitter: float,
+) -> float:
+    """Return the jittered backoff; its cap stays a hard ceiling after the jitter."""
+    return min(
+        jittered(backoff(config, state, attempt), jitter, rng),
+        backoff_cap(config, state),
+    )
 
 
 def jittered(interval: float, jitter: float, rng: random.Random) -> float:
@@ -209,10 +212,7 @@ def next_poll(
             delay = jittered(config.auth_retry_interval, jitter, rng)
         else:
             mode = Mode.BACKOFF
-            delay = min(
-                jittered(backoff(config, state, attempt), jitter, rng),
-                backoff_cap(config, state),
-            )
+            delay = _error_delay(config, state, attempt, rng, jitter)
         # An error interrupts a burst: its phase information is stale.
         return delay, Cadence(cadence.last_phase, 0, attempt, mode)
 
@@ -261,10 +261,7 @@ def after_crash(
     neither spins nor stops watching a restore closely.
     """
     attempt = cadence.error_attempt + 1
-    delay = min(
-        jittered(backoff(config, state, attempt), jitter, rng),
-        backoff_cap(config, state),
-    )
+    delay = _error_delay(config, state, attempt, rng, jitter)
     return delay, Cadence(cadence.last_phase, 0, attempt, Mode.BACKOFF)
 
 

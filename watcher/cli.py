@@ -15,23 +15,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, TextIO
+from typing import TYPE_CHECKING, Any, ClassVar, Final, TextIO
 
 import anyio
 import structlog
 
-from watcher import __version__, logs
-from watcher.config import (
-    Config,
-    PartialConfig,
-    ServerConfig,
-    load_config,
-    load_config_lenient,
-)
+from watcher import __version__, logs, schema
+from watcher.config import Config, Listen, ServerConfig
+from watcher.configfile import PartialConfig, load_config, load_config_lenient
 from watcher.errors import ConfigError, ConfigProblem, SklmError, WatcherError
 
 if TYPE_CHECKING:
-    from watcher.journal import Journal
+    from watcher.store.base import OutboxRow, OutboxSummary, Silence, Store
+    from watcher.views import ServerStatusRow, TableRow
 
 EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1
@@ -239,16 +235,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return _reader_left()
     except ConfigError as exc:
-        print(f"sklm-watcher: {exc}", file=sys.stderr)
+        _print_error(f"sklm-watcher: {exc}")
         return EXIT_USAGE
     except WatcherError as exc:
         if args.debug:
             raise
-        print(f"sklm-watcher: {exc}", file=sys.stderr)
+        _print_error(f"sklm-watcher: {exc}")
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_FAILURE
     return code
+
+
+def _print_error(text: str) -> None:
+    """Print why the command failed on standard error, as ``err`` under journald."""
+    print(logs.for_stream(text, _SYSLOG_ERR, sys.stderr), file=sys.stderr)
+
+
+#: syslog's ``err`` priority: a refused start-up is filed with the problems.
+_SYSLOG_ERR: Final = 3
 
 
 #: ``sklm-watcher events | head``: the reader closed the pipe early. 128 + SIGPIPE,
@@ -321,12 +326,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 @dataclass(frozen=True, slots=True)
 class _OnceRow:
+    """One server's answer to ``once`` (JSON: ``schema.once_json``)."""
+
+    HEADERS: ClassVar[tuple[str, ...]] = ("SERVER", "PHASE", "CODE", "LATENCY", "ERROR")
+
     server: str
     phase: str | None
     code: int | None
     latency: float
     error: str | None
     error_kind: str | None
+
+    def cells(self) -> tuple[str, ...]:
+        """The table cells."""
+        return (
+            self.server,
+            self.phase or "-",
+            "-" if self.code is None else f"{self.code}/7",
+            f"{self.latency * 1000:.0f} ms",
+            self.error or "",
+        )
+
+    def style(self) -> str:
+        """Red when the server did not answer."""
+        return "" if self.error is None else "bold red"
 
 
 async def _poll_all(servers: Sequence[ServerConfig]) -> list[_OnceRow]:
@@ -374,57 +397,28 @@ def _cmd_once(args: argparse.Namespace) -> int:
     config = _load(args)
     rows = anyio.run(_poll_all, config.servers)
     if args.json:
-        print(json.dumps([_row_json(r) for r in rows], indent=2))
+        print(json.dumps([schema.once_json(r) for r in rows], indent=2))
     else:
-        _print_table(
-            ("SERVER", "PHASE", "CODE", "LATENCY", "ERROR"),
-            [
-                (
-                    r.server,
-                    r.phase or "-",
-                    "-" if r.code is None else f"{r.code}/7",
-                    f"{r.latency * 1000:.0f} ms",
-                    r.error or "",
-                )
-                for r in rows
-            ],
-        )
+        _print_rows(rows)
     return EXIT_OK if all(r.error is None for r in rows) else EXIT_FAILURE
 
 
-def _row_json(row: _OnceRow) -> dict[str, Any]:
-    return {
-        "server": row.server,
-        "phase": row.phase,
-        "code": row.code,
-        "latency": round(row.latency, 4),
-        "error": row.error,
-        "error_kind": row.error_kind,
-    }
+def _print_rows(rows: Sequence[TableRow]) -> None:
+    """Print rows as the views print theirs (rich on a terminal, else aligned)."""
+    from watcher import views
+
+    views.render_table(rows, console_file=sys.stdout, color=_color(sys.stdout))
 
 
-def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [
-        max(len(str(cell)) for cell in column)
-        for column in zip(header, *rows, strict=False)
-    ]
-    for line in (header, *rows):
-        print(
-            "  ".join(
-                str(c).ljust(w) for c, w in zip(line, widths, strict=True)
-            ).rstrip()
-        )
-
-
-def _open_journal(config: Config, *, write: bool = False) -> Journal:
-    from watcher.journal import Journal
+def _open_journal(config: Config, *, write: bool = False) -> Store:
+    from watcher.store.sqlite import SqliteStore
 
     if write:
         # No lock: the daemon may be running; it keeps the audit log to itself.
-        return Journal.open(
+        return SqliteStore.open(
             config.watcher.state_dir, config.watcher.audit_log, config.sinks, lock=False
         )
-    return Journal.open(
+    return SqliteStore.open(
         config.watcher.state_dir,
         config.watcher.audit_log,
         config.sinks,
@@ -432,76 +426,75 @@ def _open_journal(config: Config, *, write: bool = False) -> Journal:
     )
 
 
-def _cmd_outbox(args: argparse.Namespace) -> int:
-    from watcher.events import format_time
+@dataclass(frozen=True, slots=True)
+class _BacklogRow:
+    """One sink's outbox backlog as a table row."""
 
+    HEADERS: ClassVar[tuple[str, ...]] = ("SINK", "PENDING", "DEAD", "OLDEST PENDING")
+
+    summary: OutboxSummary
+
+    def cells(self) -> tuple[str, ...]:
+        """The table cells."""
+        s = self.summary
+        age = s.oldest_pending_age
+        return (
+            s.sink,
+            str(s.pending),
+            str(s.dead),
+            "-" if age is None else f"{age:.0f} s",
+        )
+
+    def style(self) -> str:
+        """Red while dead letters wait."""
+        return "bold red" if self.summary.dead else ""
+
+
+@dataclass(frozen=True, slots=True)
+class _DeadRow:
+    """One dead letter as a table row."""
+
+    HEADERS: ClassVar[tuple[str, ...]] = (
+        "SINK",
+        "EVENT ID",
+        "TYPE",
+        "SERVER",
+        "ATTEMPTS",
+        "LAST ERROR",
+    )
+
+    row: OutboxRow
+
+    def cells(self) -> tuple[str, ...]:
+        """The table cells."""
+        r = self.row
+        return (
+            r.sink,
+            r.event.id,
+            str(r.event.type),
+            r.event.server,
+            str(r.attempts),
+            r.last_error or "",
+        )
+
+    def style(self) -> str:
+        """No colour: every row is a dead letter."""
+        return ""
+
+
+def _cmd_outbox(args: argparse.Namespace) -> int:
     config = _load_read_only(args).config
     now = datetime.now(UTC)
     with _open_journal(config) as journal:
         summary = journal.outbox_summary(now)
         dead = journal.dead_rows() if args.dead else []
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "sinks": [
-                        {
-                            "sink": s.sink,
-                            "pending": s.pending,
-                            "dead": s.dead,
-                            "oldest_pending_age": s.oldest_pending_age,
-                        }
-                        for s in summary
-                    ],
-                    "dead": [
-                        {
-                            "sink": r.sink,
-                            "event_id": r.event.id,
-                            "type": str(r.event.type),
-                            "server": r.event.server,
-                            "attempts": r.attempts,
-                            "last_error": r.last_error,
-                            "dead_at": None
-                            if r.dead_at is None
-                            else format_time(r.dead_at),
-                        }
-                        for r in dead
-                    ],
-                },
-                indent=2,
-            )
-        )
+        print(json.dumps(schema.outbox_json(summary, dead), indent=2))
         return EXIT_OK
-    _print_table(
-        ("SINK", "PENDING", "DEAD", "OLDEST PENDING"),
-        [
-            (
-                s.sink,
-                str(s.pending),
-                str(s.dead),
-                "-"
-                if s.oldest_pending_age is None
-                else f"{s.oldest_pending_age:.0f} s",
-            )
-            for s in summary
-        ],
-    )
+    _print_rows([_BacklogRow(s) for s in summary])
     if args.dead:
         print()
-        _print_table(
-            ("SINK", "EVENT ID", "TYPE", "SERVER", "ATTEMPTS", "LAST ERROR"),
-            [
-                (
-                    r.sink,
-                    r.event.id,
-                    str(r.event.type),
-                    r.event.server,
-                    str(r.attempts),
-                    r.last_error or "",
-                )
-                for r in dead
-            ],
-        )
+        _print_rows([_DeadRow(r) for r in dead])
     return EXIT_OK
 
 
@@ -635,58 +628,31 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _status_from_daemon(listen: str | None, now: datetime) -> list[Any] | None:
+def _status_from_daemon(
+    listen: Listen | None, now: datetime
+) -> list[ServerStatusRow] | None:
     """Rows from a running daemon's ``/status`` (fresher than the database), or None."""
     from urllib.error import URLError
     from urllib.request import urlopen
 
-    from watcher import views
+    from watcher import schema, views
     from watcher.events import parse_time
-    from watcher.phases import Phase
-    from watcher.service import parse_listen
-    from watcher.tracker import Health
 
-    if not listen:
+    if listen is None:
         return None
-    host, port = parse_listen(listen)
-    host = f"[{host}]" if ":" in host else host
     try:
-        with urlopen(f"http://{host}:{port}/status", timeout=2) as response:
+        with urlopen(f"http://{listen}/status", timeout=2) as response:
             document = json.loads(response.read())
     except (URLError, OSError, ValueError):
         return None
-
-    def at(value: Any) -> datetime | None:
-        return None if value is None else parse_time(str(value))
-
-    as_of = at(document.get("as_of")) or now
-    rows = []
-    for server in document.get("servers", []):
-        since = at(server.get("since"))
-        active = bool(server.get("restore_active"))
-        rows.append(
-            views.ServerStatusRow(
-                server=str(server["name"]),
-                health=Health(server["health"]),
-                phase=None if server.get("phase") is None else Phase[server["phase"]],
-                phase_since=since,
-                in_phase_for=None if since is None else (now - since).total_seconds(),
-                restore_id=server.get("restore_id"),
-                restore_active=active,
-                restore_since=at(server.get("restore_started_at")) if active else None,
-                last_ok_at=at(server.get("last_ok_at")),
-                failures=int(server.get("consecutive_failures") or 0),
-                last_error=_optional_str(server.get("last_error")),
-                last_failure=_optional_str(server.get("last_failure")),
-                daemon_running=True,
-                as_of=as_of,
-            )
+    as_of = document.get("as_of")
+    answered_at = now if as_of is None else parse_time(str(as_of))
+    return [
+        views.ServerStatusRow(
+            **schema.status_fields_from_daemon(entry, now=now, as_of=answered_at)
         )
-    return rows
-
-
-def _optional_str(value: Any) -> str | None:
-    return None if value is None else str(value)
+        for entry in document.get("servers", [])
+    ]
 
 
 def _daemon_running(state_dir: Path) -> bool | None:
@@ -697,7 +663,7 @@ def _daemon_running(state_dir: Path) -> bool | None:
     """
     import fcntl
 
-    from watcher.journal import LOCK_NAME
+    from watcher.store.sqlite.schema import LOCK_NAME
 
     try:
         fd = os.open(state_dir / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
@@ -847,31 +813,62 @@ def _cmd_silence_add(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_silence_list(args: argparse.Namespace) -> int:
-    from watcher.events import format_time
+@dataclass(frozen=True, slots=True)
+class _SilenceRow:
+    """One silence as a table row (``silence list``)."""
 
+    HEADERS: ClassVar[tuple[str, ...]] = ("ID", "SERVERS", "UNTIL", "REASON")
+
+    silence: Silence
+    now: datetime
+
+    def cells(self) -> tuple[str, ...]:
+        """The table cells."""
+        s = self.silence
+        return (str(s.id), s.server_glob, schema.format_time(s.until), s.reason)
+
+    def style(self) -> str:
+        """No colour."""
+        return ""
+
+
+@dataclass(frozen=True, slots=True)
+class _SilenceHistoryRow:
+    """One silence with its state, active or not (``silence list --all``)."""
+
+    HEADERS: ClassVar[tuple[str, ...]] = (*_SilenceRow.HEADERS, "STATE", "REMOVED")
+
+    silence: Silence
+    now: datetime
+
+    def cells(self) -> tuple[str, ...]:
+        """The table cells: :class:`_SilenceRow`'s, then state and removal."""
+        s = self.silence
+        if s.removed_at is not None:
+            state = "removed"
+            removed = (
+                f"{schema.format_time(s.removed_at)} by {s.removed_by or 'unknown'}"
+            )
+        else:
+            state = "active" if s.is_active(self.now) else "expired"
+            removed = "-"
+        return (*_SilenceRow(s, self.now).cells(), state, removed)
+
+    def style(self) -> str:
+        """Dim once it no longer holds."""
+        return "" if self.silence.is_active(self.now) else "dim"
+
+
+def _cmd_silence_list(args: argparse.Namespace) -> int:
     config = _load_read_only(args).config
     now = datetime.now(UTC)
     with _open_journal(config) as journal:
         found = journal.silences(now, include_expired=args.all)
     if args.json:
-        print(json.dumps([s.to_json() for s in found], indent=2))
+        print(json.dumps([schema.silence_json(s) for s in found], indent=2))
         return EXIT_OK
-    header: tuple[str, ...] = ("ID", "SERVERS", "UNTIL", "REASON")
-    rows: list[tuple[str, ...]] = [
-        (str(s.id), s.server_glob, format_time(s.until), s.reason) for s in found
-    ]
-    if args.all:
-        header += ("STATE", "REMOVED")
-        for i, s in enumerate(found):
-            if s.removed_at is not None:
-                state = "removed"
-                removed = f"{format_time(s.removed_at)} by {s.removed_by or 'unknown'}"
-            else:
-                state = "active" if s.is_active(now) else "expired"
-                removed = "-"
-            rows[i] += (state, removed)
-    _print_table(header, rows)
+    row = _SilenceHistoryRow if args.all else _SilenceRow
+    _print_rows([row(s, now) for s in found])
     return EXIT_OK
 
 
@@ -912,7 +909,7 @@ def _operator() -> str:
 
 
 def _cmd_audit_verify(args: argparse.Namespace) -> int:
-    from watcher import views
+    from watcher import audit
     from watcher.errors import JournalError
 
     files: list[Path] = list(args.files)
@@ -927,7 +924,7 @@ def _cmd_audit_verify(args: argparse.Namespace) -> int:
             position = None
         expect_last = position.hash if position is not None else None
     try:
-        verdict = views.verify_audit(files, expect_last_hash=expect_last)
+        verdict = audit.verify_audit(files, expect_last_hash=expect_last)
     except OSError as exc:
         print(
             f"sklm-watcher: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr

@@ -78,7 +78,7 @@ from watcher.errors import (
     SklmUnreachable,
     one_line,
 )
-from watcher.phases import Phase
+from watcher.phases import Phase, PollResult
 
 #: The most bytes of a response body read (after decompression); more is an error.
 MAX_BODY_BYTES: Final = 64 * 1024
@@ -138,23 +138,6 @@ _REJECTED_SESSION_HINT: Final = (
     "the login succeeded but the new session was refused: check that the user has "
     "a role allowed to read backup/restore progress, and the server's logs"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class PollResult:
-    """What one successful progress poll saw.
-
-    Attributes:
-        phase: The phase SKLM reported.
-        relogin: True when the server rejected a session id that had worked
-            before and one fresh login then succeeded (a hint of a restart).
-        path: The progress path that answered (absolute, e.g.
-            ``/SKLM/rest/v1/ckms/restore/progress``).
-    """
-
-    phase: Phase
-    relogin: bool
-    path: str
 
 
 def create_session(servers: Sequence[ServerConfig]) -> aiohttp.ClientSession:

@@ -2,7 +2,8 @@
 
 Wall-clock instants (aware UTC) stamp events; the monotonic clock measures durations
 and deadlines, so a wall-clock jump changes neither intervals nor stall detection.
-Tests inject a virtual clock with the same three methods.
+Tests inject ``tests.clock.VirtualClock``, the one virtual clock, with the same
+three methods.
 """
 
 from __future__ import annotations

@@ -29,17 +29,13 @@ from watcher.config import Config, ServerConfig, SinkConfig
 from watcher.dispatcher import Dispatcher
 from watcher.errors import ConfigError, JournalError
 from watcher.events import Event
-from watcher.journal import PRUNE_LIMIT, Journal, OutboxSummary
 from watcher.notify import SystemdNotifier
 from watcher.scheduler import Fleet, WatchStats
-from watcher.service import (
-    Heartbeat,
-    LatencyHistogram,
-    StatusServer,
-    parse_listen,
-)
+from watcher.service import Heartbeat, LatencyHistogram, StatusServer
 from watcher.sinks import build_sink
 from watcher.sinks.base import Sink, close_sinks
+from watcher.store.base import PRUNE_LIMIT, OutboxSummary, Store
+from watcher.store.sqlite import SqliteStore
 from watcher.tracker import ServerState
 
 log = structlog.get_logger(__name__)
@@ -91,7 +87,7 @@ class JournalRecorder:
 
     def __init__(
         self,
-        journal: Journal,
+        journal: Store,
         wake: Callable[[], None],
         *,
         max_pending_events: int = MAX_PENDING_EVENTS,
@@ -224,7 +220,7 @@ class Daemon:
         self._extra_sinks = dict(extra_sinks or {})
         self._handle_signals = handle_signals
         self.fleet: Fleet | None = None
-        self.journal: Journal | None = None
+        self.journal: Store | None = None
         self.recorder: JournalRecorder | None = None
         self._dispatcher: Dispatcher | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -245,10 +241,11 @@ class Daemon:
         # The start-up configuration's warnings are the loader's caller's to log
         # (the CLI logs them as it loads): logging them here too said each twice
         # (issue 11). A reload loads, so it logs them (_apply).
-        journal = Journal.open(
+        journal = SqliteStore.open(
             self.config.watcher.state_dir,
             self.config.watcher.audit_log,
             self._sink_configs(self.config),
+            clock=self._clock,
         )
         self.journal = journal
         try:
@@ -266,7 +263,7 @@ class Daemon:
                 unjournaled_events=unjournaled,
             )
 
-    def _pending_notifications(self, journal: Journal) -> int | None:
+    def _pending_notifications(self, journal: Store) -> int | None:
         """Outbox rows not yet delivered (None when the journal cannot say)."""
         try:
             # Synchronously: everything else has stopped, and this may run while
@@ -292,7 +289,7 @@ class Daemon:
     # --- running ------------------------------------------------------------------
 
     async def _run(
-        self, journal: Journal, stop: anyio.Event, started: anyio.Event
+        self, journal: Store, stop: anyio.Event, started: anyio.Event
     ) -> None:
         config = self.config
         clock = self._clock
@@ -328,7 +325,7 @@ class Daemon:
                         status_server = StatusServer(
                             self, version=__version__, heartbeat=heartbeat
                         )
-                        host, port = parse_listen(config.watcher.listen)
+                        host, port = config.watcher.listen
                         self.listening = await status_server.start(host, port)
                     fleet_scope = anyio.CancelScope()
                     tg.start_soon(self._run_fleet, fleet, fleet_scope)
@@ -367,7 +364,7 @@ class Daemon:
             await fleet.run()
 
     async def _run_dispatchers(
-        self, journal: Journal, session: aiohttp.ClientSession
+        self, journal: Store, session: aiohttp.ClientSession
     ) -> None:
         # One dispatcher at a time; a reload that changes sinks drains it and this
         # loop starts the next one with the new sinks.
@@ -395,7 +392,7 @@ class Daemon:
             if recorder.pending_events or recorder.failure is not None:
                 await recorder.flush()
 
-    async def _prune_outbox(self, journal: Journal) -> None:
+    async def _prune_outbox(self, journal: Store) -> None:
         # Read the retention each round: a reload may change it.
         while True:
             retention = self.config.watcher.outbox_retention
@@ -625,7 +622,7 @@ def _changes(
     )
 
 
-async def _prune_before(journal: Journal, before: datetime) -> int:
+async def _prune_before(journal: Store, before: datetime) -> int:
     """Prune the outbox in batches, letting other journal calls in between them."""
     pruned = 0
     while True:

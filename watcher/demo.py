@@ -28,7 +28,7 @@ from typing import Any, Final, TextIO
 
 import anyio
 
-from watcher.config import load_config
+from watcher.configfile import load_config
 from watcher.daemon import Daemon
 from watcher.events import Event, EventType
 from watcher.phases import Phase

@@ -4,7 +4,8 @@ Each worker loops: take the sink's next due row from the journal (oldest first, 
 server's events in order), hand the event to the sink, and record the outcome:
 
 - delivered → ``mark_delivered``;
-- :class:`~watcher.errors.DeliveryError` with ``permanent`` → ``dead_letter`` at once;
+- :class:`~watcher.errors.DeliveryError` not ``transient`` (the sink said
+  ``permanent``) → ``dead_letter`` at once;
 - transient → ``reschedule`` with ``attempts + 1`` after a delay, or ``dead_letter``
   once the row has been failing for longer than the sink's ``max_age`` (measured
   from its first attempt, not from the event: a daemon that was down for a day
@@ -12,10 +13,11 @@ server's events in order), hand the event to the sink, and record the outcome:
 - any other exception is a bug in the sink: logged with its traceback and treated as
   transient (the supervision boundary: one sink's bug never stops the others).
 
-The delay is tenacity's ``wait_exponential_jitter`` computed from the stored attempt
-count (so it survives a restart); a receiver's ``Retry-After`` *overrides* it, as in
-stamina, but never below :data:`MIN_RETRY_DELAY` so a ``Retry-After: 0`` loop cannot
-hammer a receiver. Every sink has its own worker, so a slow or dead sink never delays
+The delay is the :class:`~watcher.backoff.Backoff` policy (1, 2, 4 ... seconds plus
+up to ``jitter`` seconds drawn from the dispatcher's own ``random.Random``) computed
+from the stored attempt count (so it survives a restart); a receiver's
+``Retry-After`` *overrides* it, as in stamina, but never below
+:data:`MIN_RETRY_DELAY` so a ``Retry-After: 0`` loop cannot hammer a receiver. Every sink has its own worker, so a slow or dead sink never delays
 another. An idle worker sleeps until the next row falls due, :meth:`Dispatcher.wake`
 or :data:`POLL_INTERVAL`, whichever comes first.
 
@@ -27,26 +29,22 @@ with the same event id, after a restart). Nothing here catches cancellation.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, cast
+from typing import Final
 
 import anyio
 import structlog
-import tenacity
 
+from watcher.backoff import Backoff
 from watcher.clock import Clock
 from watcher.config import SinkConfig
 from watcher.errors import DeliveryError
-from watcher.journal import OutboxRow
 from watcher.sinks.base import Sink
-
-if TYPE_CHECKING:
-    from tenacity import RetryCallState
-
-T = TypeVar("T")
+from watcher.store.base import Outbox, OutboxRow
 
 #: The shortest delay before retrying, whatever ``Retry-After`` says.
 MIN_RETRY_DELAY: Final = 1.0
@@ -73,45 +71,6 @@ WORKER_FAILED: Final = "dispatcher.worker_failed"
 log = structlog.get_logger(__name__)
 
 
-class Outbox(Protocol):
-    """The part of :class:`~watcher.journal.Journal` the dispatcher uses."""
-
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a blocking journal method in its worker thread."""
-        ...
-
-    def next_due(self, sink: str, now: datetime) -> OutboxRow | None:
-        """Return the oldest due row the sink may take now (per-server order)."""
-        ...
-
-    def next_due_at(self, sink: str) -> datetime | None:
-        """Return when the sink's next pending row falls due, if any."""
-        ...
-
-    def mark_delivered(self, sink: str, event_id: str, at: datetime) -> None:
-        """Record a delivery."""
-        ...
-
-    def reschedule(
-        self,
-        sink: str,
-        event_id: str,
-        *,
-        attempts: int,
-        next_attempt_at: datetime,
-        error: str,
-        at: datetime | None = None,
-    ) -> None:
-        """Record a transient failure (made ``at``) and when to try again."""
-        ...
-
-    def dead_letter(
-        self, sink: str, event_id: str, *, error: str, at: datetime
-    ) -> None:
-        """Give up on a row (it stays visible and can be requeued)."""
-        ...
-
-
 @dataclass(frozen=True, slots=True)
 class _Failure:
     """How one delivery attempt failed."""
@@ -119,21 +78,14 @@ class _Failure:
     error: str  # stored as last_error; names the sink, never its URL
     detail: str
     retry_after: float | None
-    permanent: bool
-
-
-@dataclass(frozen=True, slots=True)
-class _Attempt:
-    """The one field of tenacity's ``RetryCallState`` its wait strategies read."""
-
-    attempt_number: int
+    transient: bool
 
 
 class Dispatcher:
     """Delivers journaled events to sinks, one worker per sink.
 
     Args:
-        journal: Where the outbox lives (a :class:`~watcher.journal.Journal`).
+        journal: Where the outbox lives (any :class:`~watcher.store.base.Outbox`).
         sinks: The sinks by name; each gets one worker.
         configs: The sinks' configurations by name (``max_age``).
         clock: Time for scheduling; virtual in tests.
@@ -141,6 +93,8 @@ class Dispatcher:
         max_backoff: Cap of the computed backoff, seconds.
         poll_interval: Longest idle wait between two looks at the journal; None to
             rely on :meth:`wake` and ``next_due_at`` only (tests with virtual time).
+        rng: Source of the jitter (seeded in tests); a fresh ``random.Random()``
+            when None, never the global ``random``.
     """
 
     def __init__(
@@ -153,13 +107,19 @@ class Dispatcher:
         jitter: float = 1.0,
         max_backoff: float = MAX_BACKOFF,
         poll_interval: float | None = POLL_INTERVAL,
+        rng: random.Random | None = None,
     ) -> None:
         self._journal = journal
         self._poll_interval = poll_interval
         self._sinks = dict(sinks)
         self._configs = dict(configs)
         self._clock = clock
-        self._wait = tenacity.wait_exponential_jitter(max=max_backoff, jitter=jitter)
+        self._backoff = Backoff(
+            initial=1.0,
+            maximum=max_backoff,
+            jitter=jitter,
+            rng=rng if rng is not None else random.Random(),  # noqa: S311
+        )
         self._wakeups = {name: anyio.Event() for name in self._sinks}
         self._failing: set[str] = set()
         self._stop_requested = anyio.Event()
@@ -173,7 +133,7 @@ class Dispatcher:
 
     def backoff(self, attempts: int) -> float:
         """Return the delay after the ``attempts``-th failed attempt (1 → ~1 s)."""
-        return float(self._wait(cast("RetryCallState", _Attempt(max(attempts, 1)))))
+        return self._backoff.delay(attempts)
 
     async def run(self) -> None:
         """Run one worker per sink until cancelled or drained."""
@@ -265,12 +225,12 @@ class Dispatcher:
         try:
             await sink.deliver(event)
         except DeliveryError as exc:
-            failure = _Failure(str(exc), exc.detail, exc.retry_after, exc.permanent)
+            failure = _Failure(str(exc), exc.detail, exc.retry_after, exc.transient)
         except Exception as exc:
             # A bug in the sink, not a receiver's answer: keep the event and go on.
             log.exception(SINK_CRASHED, sink=name, event_id=event.id)
             detail = f"{type(exc).__name__} (unexpected; see the log)"
-            failure = _Failure(f"sink {name}: {detail}", detail, None, False)
+            failure = _Failure(f"sink {name}: {detail}", detail, None, True)
         else:
             now = self._clock.now()
             await self._journal.call(self._journal.mark_delivered, name, event.id, now)
@@ -294,15 +254,15 @@ class Dispatcher:
         now = self._clock.now()
         event = row.event
         attempts = row.attempts + 1
-        error, permanent = failure.error, failure.permanent
+        error, transient = failure.error, failure.transient
         age = (now - (row.first_attempt_at or attempted_at)).total_seconds()
-        if not permanent and age > config.max_age:
+        if transient and age > config.max_age:
             error = (
                 f"sink {name}: gave up after {age:.0f} s of failures (max_age "
                 f"{config.max_age:g} s); last error: {failure.detail}"
             )
-            permanent = True
-        if permanent:
+            transient = False
+        if not transient:
             await self._journal.call(
                 partial(self._journal.dead_letter, name, event.id, error=error, at=now)
             )

@@ -12,7 +12,16 @@ Every error the package raises on purpose is a ``WatcherError``; foreign excepti
     │   ├── SklmAuthError                credentials rejected at login: a configuration problem
     │   └── SklmProtocolError            unexpected status, malformed or oversized body
     ├── JournalError                     the state database or the audit log failed
-    └── DeliveryError(sink)              one sink, one delivery attempt
+    ├── DeliveryError(sink)              one sink, one delivery attempt
+    └── SimulatorError                   the built-in SKLM simulator (tests, demo)
+        ├── ScenarioError(problems)      a scenario file is unusable; also ValueError
+        ├── RestoreRunning               SKLM runs one restore at a time; also RuntimeError
+        └── TlsUnavailableError          trustme is not installed; also RuntimeError
+
+One vocabulary for "try again?": ``WatcherError.transient`` is True when retrying,
+with nothing changed, may succeed (``DeliveryError(permanent=True)`` sets it False).
+Each ``SklmError`` class also names its :class:`Failure` kind, the one mapping from a
+failed poll's error to the tracker's ``Observation.failure``.
 
 Messages are built here from structured fields and end with what to do. They never
 contain a secret, a URL query or a header value: callers pass names, not values.
@@ -21,8 +30,10 @@ contain a secret, a URL query or a header value: callers pass names, not values.
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from enum import StrEnum
+from typing import ClassVar, Final
 
 #: The longest ``SklmError.detail``: a reason in words for a log line, a status
 #: column or an event field, not a transcript of what the server sent.
@@ -48,8 +59,23 @@ def one_line(text: str, limit: int) -> str:
     return line
 
 
+class Failure(StrEnum):
+    """Why a poll produced no phase: the kind each ``SklmError`` class names.
+
+    The values are persisted (``ServerState.last_failure``) and shown in status.
+    """
+
+    UNREACHABLE = "unreachable"  # connect / reset / timeout
+    PROTOCOL = "protocol"  # answered, but not as SKLM should (incl. 5xx while starting)
+    TLS = "tls"
+    AUTH = "auth"  # credentials rejected at login
+
+
 class WatcherError(Exception):
     """Root of every error sklm-watcher raises on purpose."""
+
+    #: Whether trying the same thing again, with nothing changed, may succeed.
+    transient: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +118,9 @@ class SklmError(WatcherError):
     caller scrubs secrets before (a cut could leave part of one behind).
     """
 
-    #: Whether polling again soon may succeed without anyone changing anything.
-    transient: bool = True
+    transient = True
+    #: What the tracker records for a poll that raised this error.
+    failure_kind: ClassVar[Failure] = Failure.PROTOCOL
 
     def __init__(self, server: str, detail: str, *, hint: str = "") -> None:
         self.server = server
@@ -110,6 +137,8 @@ class SklmError(WatcherError):
 class SklmUnreachable(SklmError):
     """The server did not answer: connection refused or reset, DNS, or a timeout."""
 
+    failure_kind = Failure.UNREACHABLE
+
     def __init__(self, server: str, detail: str, *, hint: str = "") -> None:
         super().__init__(
             server,
@@ -122,6 +151,7 @@ class SklmTlsError(SklmError):
     """TLS failed: certificate not trusted, wrong host name, or pin mismatch."""
 
     transient = False
+    failure_kind = Failure.TLS
 
     def __init__(self, server: str, detail: str, *, hint: str = "") -> None:
         super().__init__(
@@ -137,6 +167,7 @@ class SklmAuthError(SklmError):
     """The server rejected the configured credentials at login (CTGKM6003E)."""
 
     transient = False
+    failure_kind = Failure.AUTH
 
     def __init__(self, server: str, detail: str, *, hint: str = "") -> None:
         super().__init__(
@@ -149,6 +180,8 @@ class SklmAuthError(SklmError):
 
 class SklmProtocolError(SklmError):
     """The server answered, but not as SKLM should: status, body or size unexpected."""
+
+    failure_kind = Failure.PROTOCOL
 
     def __init__(self, server: str, detail: str, *, hint: str = "") -> None:
         super().__init__(
@@ -178,8 +211,11 @@ class DeliveryError(WatcherError):
         sink: The sink's configured name.
         detail: What happened (status code, error class); never the URL.
         retry_after: Seconds the receiver asked us to wait (429 / 503), if any.
-        permanent: True when retrying cannot help (e.g. 410 Gone, a revoked URL).
+        permanent: True when retrying cannot help (e.g. 410 Gone, a revoked URL);
+            stored as ``transient = not permanent``.
     """
+
+    transient = True
 
     def __init__(
         self,
@@ -192,10 +228,50 @@ class DeliveryError(WatcherError):
         self.sink = sink
         self.detail = detail
         self.retry_after = retry_after
-        self.permanent = permanent
+        self.transient = not permanent
         hint = (
             f"check the configuration of sink {sink}; the event is dead-lettered"
             if permanent
             else "will retry with backoff"
         )
         super().__init__(f"sink {sink}: {detail}; {hint}")
+
+    @property
+    def permanent(self) -> bool:
+        """Whether retrying cannot help: the event is dead-lettered at once."""
+        return not self.transient
+
+
+class SimulatorError(WatcherError):
+    """The built-in SKLM simulator cannot do what it was asked."""
+
+
+class ScenarioError(SimulatorError, ValueError):
+    """A scenario file or dict is unusable; ``problems`` lists every (key, reason).
+
+    Also a ``ValueError``: a bad scenario is a bad value handed to the simulator.
+    """
+
+    def __init__(self, source: str, problems: Sequence[tuple[str, str]]) -> None:
+        self.source = source
+        self.problems = list(problems)
+        lines = "\n".join(
+            f"  {key}: {reason}" if key else f"  {reason}"
+            for key, reason in self.problems
+        )
+        super().__init__(f"invalid scenario {source}:\n{lines}")
+
+
+class RestoreRunning(SimulatorError, RuntimeError):
+    """A restore was asked for while one runs (SKLM runs one at a time).
+
+    Also a ``RuntimeError``, as it was before it joined the tree.
+    """
+
+
+class TlsUnavailableError(SimulatorError, RuntimeError):
+    """trustme, which makes the simulator's throw-away CA, is not installed.
+
+    It is in the ``simulator`` and ``dev`` extras only: a plain ``pip install`` lacks
+    it. (A RuntimeError, as before, for callers that caught that.)
+    """

@@ -105,6 +105,18 @@ def is_journal_stream(stream: TextIO, environ: Mapping[str, str] | None = None) 
     return (st.st_dev, st.st_ino) == (int(device), int(inode))
 
 
+def for_stream(text: str, priority: int, stream: TextIO) -> str:
+    """Return ``text`` with each line prefixed ``<priority>`` if ``stream`` is journald's.
+
+    For what the CLI prints itself rather than logs (a refused configuration at
+    start-up): under systemd it must be filed at its level too, or
+    ``journalctl -p warning`` would miss why the service did not start.
+    """
+    if not is_journal_stream(stream):
+        return text
+    return "\n".join(f"<{priority}>{line}" for line in text.split("\n"))
+
+
 def syslog_prefixed(
     renderer: Callable[[Any, str, MutableMapping[str, Any]], str],
 ) -> Callable[[Any, str, MutableMapping[str, Any]], str]:

@@ -1,7 +1,8 @@
-"""SKLM restore phases: their codes, names and order."""
+"""SKLM restore phases: their codes, names and order, and what a poll reports."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import IntEnum
 
 
@@ -58,3 +59,23 @@ def phases_between(previous: Phase, current: Phase) -> tuple[Phase, ...]:
     if current <= previous + 1:
         return ()
     return tuple(Phase(code) for code in range(previous + 1, current))
+
+
+@dataclass(frozen=True, slots=True)
+class PollResult:
+    """What one successful progress poll saw (``SklmClient.poll_phase`` returns it).
+
+    A plain value here, not in ``client``, so the scheduler can name it without
+    loading aiohttp.
+
+    Attributes:
+        phase: The phase SKLM reported.
+        relogin: True when the server rejected a session id that had worked
+            before and one fresh login then succeeded (a hint of a restart).
+        path: The progress path that answered (absolute, e.g.
+            ``/SKLM/rest/v1/ckms/restore/progress``).
+    """
+
+    phase: Phase
+    relogin: bool
+    path: str

@@ -28,17 +28,11 @@ from watcher.cadence import (
     next_poll,
     until_unreachable,
 )
-from watcher.client import PollResult
 from watcher.clock import Clock
 from watcher.config import ServerConfig
-from watcher.errors import (
-    SklmAuthError,
-    SklmError,
-    SklmTlsError,
-    SklmUnreachable,
-)
+from watcher.errors import SklmError
 from watcher.events import Event, log_level
-from watcher.phases import Phase
+from watcher.phases import Phase, PollResult
 from watcher.tracker import Failure, Observation, ServerState, step
 
 #: ``data`` fields an event's log line repeats when present: what went wrong.
@@ -109,17 +103,6 @@ class WatchStats:
     polls_ok: int
     polls_failed: int
     crashes: int
-
-
-def failure_of(exc: SklmError) -> Failure:
-    """Return the observation's failure kind for a client error."""
-    if isinstance(exc, SklmUnreachable):
-        return Failure.UNREACHABLE
-    if isinstance(exc, SklmAuthError):
-        return Failure.AUTH
-    if isinstance(exc, SklmTlsError):
-        return Failure.TLS
-    return Failure.PROTOCOL
 
 
 class ServerWatch:
@@ -227,7 +210,7 @@ class ServerWatch:
                 at=at,
                 monotonic=mono,
                 latency=mono - start,
-                failure=failure_of(exc),
+                failure=exc.failure_kind,
                 detail=exc.detail,
             )
             self.polls_failed += 1

@@ -18,7 +18,6 @@ daemon pings from the same loop (``watcher.notify``).
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import time
 from bisect import bisect_left
@@ -41,9 +40,10 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
+from watcher import schema
+from watcher.config import is_loopback
 from watcher.errors import ConfigError, ConfigProblem, JournalError
-from watcher.events import EventType, format_time
-from watcher.phases import Phase
+from watcher.events import EventType
 from watcher.tracker import ServerState, health_of
 
 log = structlog.get_logger(__name__)
@@ -65,35 +65,6 @@ OUTBOX_TIMEOUT: Final = 2.0
 _METRIC_PREFIX: Final = "sklm_watcher_"
 _TEXT: Final = "text/plain; charset=utf-8"
 _NO_STORE: Final = {"Cache-Control": "no-store"}
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """Split ``host:port`` (``[v6]:port`` for IPv6) into host and port.
-
-    Accepts what ``watcher.config`` accepts for ``[watcher] listen``; port 0 asks
-    the system for a free port.
-
-    Raises:
-        ValueError: ``text`` is not ``host:port``.
-    """
-    host, sep, port = text.strip().rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError(
-            f"expected host:port, e.g. 127.0.0.1:9464 or [::1]:9464, not {text!r}"
-        )
-    return host, int(port)
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is a loopback name or address (only this machine can connect)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 # --- what the daemon provides ---------------------------------------------------------
@@ -129,7 +100,7 @@ class PollStats(Protocol):
 
 
 class SinkBacklog(Protocol):
-    """One sink's outbox (``journal.OutboxSummary`` satisfies it)."""
+    """One sink's outbox (``store.base.OutboxSummary`` satisfies it)."""
 
     @property
     def sink(self) -> str:
@@ -376,6 +347,7 @@ def metric_families(snapshot: Snapshot) -> list[Metric]:
     families += _latency_families(snapshot)
     families += _event_families(snapshot)
     families += _outbox_families(snapshot)
+    families += _alert_families(snapshot)
     if snapshot.loop_lag is not None:
         lag = GaugeMetricFamily(
             _name("event_loop_lag_seconds"),
@@ -492,6 +464,30 @@ def _outbox_families(snapshot: Snapshot) -> list[Metric]:
     return [pending, dead, age]
 
 
+def _alert_families(snapshot: Snapshot) -> list[Metric]:
+    """Gauges the alert rules in ``config/prometheus`` need and nothing else shows.
+
+    Both are 0/1 and always present, so a rule on ``== 1`` (or ``== 0``) resolves
+    when the condition ends instead of the series just vanishing.
+    """
+    stalled = GaugeMetricFamily(
+        _name("restore_stalled"),
+        "1 while a server's running restore has outlasted stall_after in its "
+        "current phase (sklm.restore.stalled was sent), else 0.",
+        labels=["server"],
+    )
+    for server, state in snapshot.states.items():
+        stuck = state.restore_active and state.stall_reported
+        stalled.add_metric([server], 1 if stuck and not state.awaiting_restart else 0)
+    readable = GaugeMetricFamily(
+        _name("journal_readable"),
+        "1 when this scrape could read the journal's outbox summary, else 0 "
+        "(not readable or busy; /status outbox_error says why).",
+    )
+    readable.add_metric([], 0 if snapshot.outbox is None else 1)
+    return [stalled, readable]
+
+
 class _SnapshotCollector:
     """A prometheus_client collector that reads one snapshot at scrape time."""
 
@@ -516,57 +512,18 @@ def render_metrics(
     return encoder(registry)
 
 
-def _time(at: datetime | None) -> str | None:
-    return None if at is None else format_time(at)
-
-
-def server_status(
-    name: str, state: ServerState, stats: PollStats | None
-) -> dict[str, Any]:
-    """One server's entry of ``/status`` (JSON-safe)."""
-    phase: Phase | None = state.phase
-    return {
-        "name": name,
-        "health": str(health_of(state)),
-        "phase": None if phase is None else phase.name,
-        "code": None if phase is None else int(phase),
-        "since": _time(state.phase_since_at),
-        "restore_active": state.restore_active,
-        "restore_id": state.restore_id,
-        "restore_started_at": _time(state.restore_started_at),
-        "awaiting_restart": state.awaiting_restart,
-        "consecutive_failures": state.consecutive_failures,
-        "last_ok_at": _time(state.last_ok_at),
-        # The reason in words is the client error's detail: never a secret.
-        "last_error": state.last_error,
-        "last_failure": None if state.last_failure is None else str(state.last_failure),
-        "last_poll_at": _time(stats.last_poll_at if stats else None),
-        "last_latency": stats.last_latency if stats else None,
-        "polls_ok": stats.polls_ok if stats else 0,
-        "polls_failed": stats.polls_failed if stats else 0,
-    }
-
-
 def status_document(snapshot: Snapshot) -> dict[str, Any]:
-    """The ``/status`` JSON object for ``snapshot`` (pure)."""
+    """The ``/status`` JSON object for ``snapshot`` (pure; shapes in ``schema``)."""
     outbox = None
     if snapshot.outbox is not None:
-        outbox = [
-            {
-                "sink": row.sink,
-                "pending": row.pending,
-                "dead": row.dead,
-                "oldest_pending_age": row.oldest_pending_age,
-            }
-            for row in snapshot.outbox
-        ]
+        outbox = [schema.sink_backlog_json(row) for row in snapshot.outbox]
     return {
         "version": snapshot.version,
-        "as_of": _time(snapshot.at),
+        "as_of": schema.optional_time(snapshot.at),
         "healthy": snapshot.problem is None,
         "problem": snapshot.problem,
         "servers": [
-            server_status(name, state, snapshot.stats.get(name))
+            schema.daemon_server_json(name, state, snapshot.stats.get(name))
             for name, state in snapshot.states.items()
         ],
         "outbox": outbox,

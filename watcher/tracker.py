@@ -20,6 +20,10 @@ from enum import StrEnum
 from typing import Any, Final
 
 from watcher.config import ServerConfig
+
+# Failure is defined beside the error classes that name it (SklmError.failure_kind);
+# re-exported here because an Observation carries it.
+from watcher.errors import Failure as Failure
 from watcher.events import Event, EventType, format_time, parse_time, stable_id
 from watcher.phases import Phase, phases_between
 
@@ -33,15 +37,6 @@ _VOLATILE: Final = frozenset({"consecutive_failures", "last_ok_at"})
 # State fields that live only in the running process: never persisted, and a change
 # in them never makes a step worth saving.
 _TRANSIENT: Final = frozenset({"resumed"})
-
-
-class Failure(StrEnum):
-    """Why a poll produced no phase (mirrors the client's error classes)."""
-
-    UNREACHABLE = "unreachable"  # connect / reset / timeout
-    PROTOCOL = "protocol"  # answered, but not as SKLM should (incl. 5xx while starting)
-    TLS = "tls"
-    AUTH = "auth"  # credentials rejected at login
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,68 +1,26 @@
-"""Read-only views of the journal for the CLI: status, restores, events, follow, audit.
+"""Read-only views of the journal for the CLI: status, restores, events, follow.
 
-Every view is a pure function of a (read-only) :class:`~watcher.journal.Journal` and
+Every view is a pure function of a (read-only) :class:`~watcher.store.base.History` and
 the arguments; none reads the clock (``now`` is passed in). Each returns frozen rows
 with a ``to_json()`` of stable shape, and :func:`render_table` prints any list of
 them (``rich`` with colour on a terminal, aligned plain text otherwise).
 
-JSON forms (stable: fields are added, never renamed or removed). Times are the
-events' UTC form (``2026-11-29T10:00:01.250Z``), durations float seconds, absent
-values ``null``.
-
-``status`` (:class:`ServerStatusRow`)::
-
-    {"server": str, "health": "ok" | "unreachable" | "restarting" | "auth_failed"
-     | "tls_error" | "protocol_error" | "unknown", "phase": str | null, "code": int | null, "step": "k/7" | null,
-     "phase_since": time | null, "in_phase_for": float | null,
-     "restore_id": str | null, "restore_active": bool, "restore_since": time | null,
-     "last_ok_at": time | null, "failures": int,
-     "last_error": str | null, "last_failure": "unreachable" | "protocol" | "tls"
-     | "auth" | null, "daemon_running": bool | null, "as_of": time | null}
-
-    ``last_error`` is the latest failed poll's reason in words (whole; the table's
-    REASON column shortens it); ``daemon_running`` whether a daemon holds the
-    state directory's lock (null: unknown); ``as_of`` the time of the data shown
-    (the daemon's answer, or the newest state the journal holds).
-
-``restores`` (:class:`RestoreRow`)::
-
-    {"server": str, "restore_id": str, "outcome": "completed" | "failed"
-     | "running" | "stalled", "started_at": time, "ended_at": time | null,
-     "duration": float | null, "last_phase": str | null,
-     "phases_observed": int, "phases_inferred": int, "restarted": bool,
-     "reason": str | null}
-
-``events``: each event's CloudEvents object (``Event.to_dict()``, as webhooks get it).
-
-``follow`` (:class:`FollowView`)::
-
-    {"server": str, "restore_id": str | null, "outcome": ... | null,
-     "started_at": time | null, "ended_at": time | null, "reason": str | null,
-     "current_phase": str | null, "current_since": time | null,
-     "server_back": bool | null, "health": ...,
-     "phases": [{"phase": str, "code": int, "inferred": bool,
-                 "entered_at": time, "duration": float | null}]}
-
-``audit verify`` (:class:`AuditVerdict`)::
-
-    {"ok": bool, "lines": int, "anchor": str | null, "last_hash": str | null,
-     "first_bad": {"file": str, "line": int, "reason": str} | null}
+JSON forms (stable: fields are added, never renamed or removed) are built by
+:mod:`watcher.schema`, which documents each; the rows' ``to_json()`` call it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
-from pathlib import Path
 from typing import Any, ClassVar, Final, Protocol, TextIO
 
+from watcher import schema
 from watcher.events import Event, EventType, format_time
-from watcher.journal import AUDITSEQ_KEY, PREVHASH_KEY, Journal
 from watcher.phases import Phase
+from watcher.store.base import History
 from watcher.tracker import Health, ServerState, health_of
 
 #: ``ServerState.from_dict`` rebases monotonic readings from ``at``; the views use
@@ -163,28 +121,11 @@ class ServerStatusRow:
     @property
     def step(self) -> str | None:
         """The phase as ``k/7`` (IDLE is ``0/7``)."""
-        return None if self.phase is None else f"{int(self.phase)}/{_LAST_CODE}"
+        return schema.step_text(self.phase)
 
     def to_json(self) -> dict[str, Any]:
-        """The stable JSON form (module docstring)."""
-        return {
-            "server": self.server,
-            "health": str(self.health),
-            "phase": _name(self.phase),
-            "code": None if self.phase is None else int(self.phase),
-            "step": self.step,
-            "phase_since": _time(self.phase_since),
-            "in_phase_for": self.in_phase_for,
-            "restore_id": self.restore_id,
-            "restore_active": self.restore_active,
-            "restore_since": _time(self.restore_since),
-            "last_ok_at": _time(self.last_ok_at),
-            "failures": self.failures,
-            "last_error": self.last_error,
-            "last_failure": self.last_failure,
-            "daemon_running": self.daemon_running,
-            "as_of": _time(self.as_of),
-        }
+        """The stable JSON form (:func:`watcher.schema.status_json`)."""
+        return schema.status_json(self)
 
     def cells(self) -> tuple[str, ...]:
         """The table cells (health marked stale when no daemon runs)."""
@@ -226,7 +167,7 @@ def shorten(text: str | None, width: int) -> str | None:
 
 
 def fleet_status(
-    journal: Journal, now: datetime, servers: Sequence[str] | None = None
+    journal: History, now: datetime, servers: Sequence[str] | None = None
 ) -> list[ServerStatusRow]:
     """One row per server from the stored states.
 
@@ -254,7 +195,7 @@ def fleet_status(
                 health=health_of(state),
                 phase=state.phase,
                 phase_since=since,
-                in_phase_for=None if since is None else _seconds(now - since),
+                in_phase_for=schema.in_phase_for(since, now),
                 restore_id=state.restore_id,
                 restore_active=state.restore_active,
                 restore_since=state.restore_started_at
@@ -320,20 +261,8 @@ class RestoreRow:
     reason: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The stable JSON form (module docstring)."""
-        return {
-            "server": self.server,
-            "restore_id": self.restore_id,
-            "outcome": str(self.outcome),
-            "started_at": format_time(self.started_at),
-            "ended_at": _time(self.ended_at),
-            "duration": self.duration,
-            "last_phase": _name(self.last_phase),
-            "phases_observed": self.phases_observed,
-            "phases_inferred": self.phases_inferred,
-            "restarted": self.restarted,
-            "reason": self.reason,
-        }
+        """The stable JSON form (:func:`watcher.schema.restore_json`)."""
+        return schema.restore_json(self)
 
     def cells(self) -> tuple[str, ...]:
         """The table cells (the restore id shortened to 8 characters)."""
@@ -447,7 +376,7 @@ def _gather(events: Sequence[Event]) -> list[_Restore]:
 
 
 def restores(
-    journal: Journal, *, server: str | None = None, since: datetime | None = None
+    journal: History, *, server: str | None = None, since: datetime | None = None
 ) -> list[RestoreRow]:
     """One row per restore found in the events, oldest first.
 
@@ -495,13 +424,13 @@ class EventRow:
 
 
 def events(
-    journal: Journal,
+    journal: History,
     *,
     server: str | None = None,
     type_glob: str | None = None,
     since: datetime | None = None,
 ) -> list[EventRow]:
-    """Stored events in journal order, filtered like :meth:`Journal.events`."""
+    """Stored events in journal order, filtered like :meth:`History.events`."""
     found = journal.events(server=server, type_glob=type_glob, since=since)
     return [EventRow(e) for e in found]
 
@@ -548,14 +477,8 @@ class FollowPhase:
     duration: float | None
 
     def to_json(self) -> dict[str, Any]:
-        """The stable JSON form."""
-        return {
-            "phase": self.phase.name,
-            "code": int(self.phase),
-            "inferred": self.inferred,
-            "entered_at": format_time(self.entered_at),
-            "duration": self.duration,
-        }
+        """The stable JSON form (:func:`watcher.schema.follow_phase_json`)."""
+        return schema.follow_phase_json(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -584,24 +507,12 @@ class FollowView:
         return next((lasted for p, lasted in self.stalls if p is phase), None)
 
     def to_json(self) -> dict[str, Any]:
-        """The stable JSON form (module docstring)."""
-        return {
-            "server": self.server,
-            "restore_id": self.restore_id,
-            "outcome": None if self.outcome is None else str(self.outcome),
-            "started_at": _time(self.started_at),
-            "ended_at": _time(self.ended_at),
-            "reason": self.reason,
-            "current_phase": _name(self.current_phase),
-            "current_since": _time(self.current_since),
-            "server_back": self.server_back,
-            "health": str(self.health),
-            "phases": [p.to_json() for p in self.phases],
-        }
+        """The stable JSON form (:func:`watcher.schema.follow_json`)."""
+        return schema.follow_json(self)
 
 
 def follow_state(
-    journal: Journal, server: str, *, restore_id: str | None = None
+    journal: History, server: str, *, restore_id: str | None = None
 ) -> FollowView:
     """The timeline of ``server``'s current restore, or of its last one.
 
@@ -743,173 +654,6 @@ def _server_back(
     return True  # answering again, though no restart was seen
 
 
-# --- audit verify ---------------------------------------------------------------
-
-NOT_JSON: Final = "not JSON"
-NO_PREVHASH: Final = "no prevhash (not a chained audit line)"
-CHANGED: Final = "hash does not match the next line's prevhash (this line was changed)"
-REMOVED_OR_REORDERED: Final = "line removed or reordered"
-ANCHOR_MISMATCH: Final = "prevhash does not match the expected anchor"
-LAST_MISMATCH: Final = (
-    "does not match the journal's last recorded hash "
-    "(this line was changed, or lines after it removed)"
-)
-
-
-@dataclass(frozen=True, slots=True)
-class AuditFault:
-    """The first audit line that does not fit the chain."""
-
-    file: Path
-    #: 1-based line number in ``file``.
-    line: int
-    reason: str
-
-    def to_json(self) -> dict[str, Any]:
-        """``{"file", "line", "reason"}``."""
-        return {"file": str(self.file), "line": self.line, "reason": self.reason}
-
-
-@dataclass(frozen=True, slots=True)
-class AuditVerdict:
-    """The result of :func:`verify_audit`."""
-
-    ok: bool
-    #: Lines that chained before the first bad one (all of them when ``ok``).
-    lines: int
-    first_bad: AuditFault | None = None
-    #: The first line's ``prevhash``: 64 zeros for a log verified from its start,
-    #: else the hash of the last line of the file rotated away before it.
-    anchor: str | None = None
-    #: The SHA-256 of the last line read (what the next line must carry).
-    last_hash: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """The stable JSON form (module docstring)."""
-        return {
-            "ok": self.ok,
-            "lines": self.lines,
-            "anchor": self.anchor,
-            "last_hash": self.last_hash,
-            "first_bad": None if self.first_bad is None else self.first_bad.to_json(),
-        }
-
-    def summary(self) -> str:
-        """One line for a terminal."""
-        if self.first_bad is None:
-            return f"audit log intact: {self.lines} lines chain (anchor {self.anchor})"
-        bad = self.first_bad
-        return (
-            f"audit log NOT intact: {bad.file}:{bad.line}: {bad.reason} "
-            f"({self.lines} lines chained before it)"
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class _Line:
-    file: Path
-    number: int
-    raw: bytes
-    digest: str
-
-
-def verify_audit(
-    paths: Sequence[Path],
-    *,
-    anchor: str | None = None,
-    expect_last_hash: str | None = None,
-) -> AuditVerdict:
-    """Check the audit log's hash chain across files given oldest first.
-
-    Each line's ``prevhash`` must be the SHA-256 of the line before it (across file
-    boundaries). The first line chains from ``anchor`` if given, else from whatever
-    it carries (reported as ``anchor``), so one rotated file can be checked alone.
-
-    A break is named at the line that explains it: a line whose ``prevhash`` is the
-    hash of another line, or whose ``auditseq`` does not follow the previous one,
-    means lines were removed or reordered there; otherwise the line before it was
-    changed. The chain alone cannot show a changed (or removed) *last* line: pass
-    ``expect_last_hash`` (:meth:`Journal.audit_position`) to check that too.
-
-    Raises:
-        OSError: A file cannot be read.
-    """
-    lines = _read_lines(paths)
-    if not lines:
-        return AuditVerdict(ok=True, lines=0, anchor=anchor)
-    first_at = {line.digest: i for i, line in reversed(list(enumerate(lines)))}
-
-    def bad(i: int, reason: str) -> AuditVerdict:
-        line = lines[i]
-        return AuditVerdict(
-            ok=False,
-            lines=i,
-            first_bad=AuditFault(line.file, line.number, reason),
-            anchor=found_anchor,
-            last_hash=lines[i - 1].digest if i > 0 else None,
-        )
-
-    found_anchor = anchor
-    previous_index: int | None = None
-    for i, line in enumerate(lines):
-        obj = _json_object(line.raw)
-        if obj is None:
-            return bad(i, NOT_JSON)
-        prevhash = obj.get(PREVHASH_KEY)
-        if not isinstance(prevhash, str):
-            return bad(i, NO_PREVHASH)
-        index = obj.get(AUDITSEQ_KEY)
-        index = (
-            index if isinstance(index, int) and not isinstance(index, bool) else None
-        )
-        if i == 0:
-            if anchor is not None and prevhash != anchor:
-                return bad(i, ANCHOR_MISMATCH)
-            found_anchor = prevhash
-        elif prevhash != lines[i - 1].digest:
-            elsewhere = first_at.get(prevhash)
-            if elsewhere is not None and elsewhere != i - 1:
-                return bad(i, REMOVED_OR_REORDERED)
-            if (
-                index is not None
-                and previous_index is not None
-                and index != previous_index + 1
-            ):
-                return bad(i, REMOVED_OR_REORDERED)
-            return bad(i - 1, CHANGED)
-        previous_index = index
-    last = len(lines) - 1
-    if (
-        expect_last_hash is not None
-        and lines[last].digest != expect_last_hash
-        and expect_last_hash not in first_at  # the daemon may have appended since
-    ):
-        return bad(last, LAST_MISMATCH)
-    return AuditVerdict(
-        ok=True, lines=len(lines), anchor=found_anchor, last_hash=lines[last].digest
-    )
-
-
-def _read_lines(paths: Sequence[Path]) -> list[_Line]:
-    out = []
-    for path in paths:
-        raw_lines = path.read_bytes().split(b"\n")
-        if raw_lines and raw_lines[-1] == b"":
-            raw_lines.pop()
-        for number, raw in enumerate(raw_lines, start=1):
-            digest = hashlib.sha256(raw).hexdigest()
-            out.append(_Line(path, number, raw, digest))
-    return out
-
-
-def _json_object(raw: bytes) -> dict[str, Any] | None:
-    try:
-        obj = json.loads(raw)
-    except ValueError:  # incl. UnicodeDecodeError
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
 # --- rendering ------------------------------------------------------------------
 
 
@@ -1047,7 +791,7 @@ def _lasted(p: FollowPhase, stalled_for: float, now: datetime | None) -> float:
 # --- helpers --------------------------------------------------------------------
 
 
-def _states(journal: Journal) -> dict[str, ServerState]:
+def _states(journal: History) -> dict[str, ServerState]:
     return {
         name: ServerState.from_dict(d, at=_REFERENCE_AT, monotonic=0.0)
         for name, d in journal.load_states().items()
@@ -1061,10 +805,6 @@ def _phase(e: Event) -> Phase | None:
 
 def _name(phase: Phase | None) -> str | None:
     return None if phase is None else phase.name
-
-
-def _time(at: datetime | None) -> str | None:
-    return None if at is None else format_time(at)
 
 
 def _time_text(at: datetime | None) -> str:

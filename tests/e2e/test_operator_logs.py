@@ -226,3 +226,21 @@ def test_reload_names_changed_sinks_and_stop_counts_undelivered(
     stopped = [e for e in entries if e["event"] == "daemon.stopped"]
     assert stopped[0]["pending_notifications"] >= 1
     assert dead not in daemon.text()
+
+
+def test_under_journald_a_refused_configuration_is_filed_as_an_error(
+    tmp_path: Path,
+) -> None:
+    """`run` on a broken file prints its problems itself: each line is <3> for journald.
+
+    Otherwise ``journalctl -p warning`` would show nothing of why the service failed.
+    """
+    config = tmp_path / "watcher.toml"
+    config.write_text('[[servers]]\nname = "a"\nurl = "ftp://x"\n', encoding="utf-8")
+    daemon = Daemon(config, journal_stream=True)
+    assert daemon.popen.wait(timeout=30) == 2
+    lines = daemon.text().splitlines()
+    assert lines[0].startswith("<3>sklm-watcher: ")
+    assert "configuration problem" in lines[0]
+    assert any("servers[0].url" in line for line in lines[1:])
+    assert all(line.startswith("<3>") for line in lines), lines

@@ -1,4 +1,6 @@
-"""A real HTTP receiver on 127.0.0.1 for sink and dispatcher tests, and a manual clock.
+"""A real HTTP receiver on 127.0.0.1 for sink and dispatcher tests.
+
+Their clock is ``tests.clock.VirtualClock``.
 
 ``Receiver`` records every POST and answers from a script (status, headers), can hang
 (never answer) and can be taken down (not listening) and brought back on its port.
@@ -10,7 +12,7 @@ import json
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
@@ -121,66 +123,3 @@ class Receiver:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
-
-
-class ManualClock:
-    """A virtual clock that moves only when the test calls :meth:`advance`.
-
-    ``sleep`` waits until virtual time reaches its deadline, so a test can look at
-    the journal between an attempt and the next one.
-    """
-
-    def __init__(self, start: datetime) -> None:
-        self.start = start
-        self.elapsed = 0.0
-        self.sleeping = 0
-        self._moved = anyio.Event()
-
-    def now(self) -> datetime:
-        """Return the virtual wall-clock time."""
-        return self.start + timedelta(seconds=self.elapsed)
-
-    def monotonic(self) -> float:
-        """Return the virtual monotonic time."""
-        return self.elapsed
-
-    def advance(self, seconds: float) -> None:
-        """Move virtual time forward and wake the sleepers whose deadline passed."""
-        self.elapsed += seconds
-        moved, self._moved = self._moved, anyio.Event()
-        moved.set()
-
-    async def sleep(self, seconds: float) -> None:
-        """Wait until virtual time has moved ``seconds`` forward."""
-        deadline = self.elapsed + seconds
-        self.sleeping += 1
-        try:
-            while self.elapsed < deadline:
-                moved = self._moved
-                await moved.wait()
-        finally:
-            self.sleeping -= 1
-        await anyio.lowlevel.checkpoint()
-
-
-class AutoClock:
-    """A virtual clock whose sleeps return at once, having advanced it."""
-
-    def __init__(self, start: datetime) -> None:
-        self.start = start
-        self.elapsed = 0.0
-        self.sleeps: list[float] = []
-
-    def now(self) -> datetime:
-        """Return the virtual wall-clock time."""
-        return self.start + timedelta(seconds=self.elapsed)
-
-    def monotonic(self) -> float:
-        """Return the virtual monotonic time."""
-        return self.elapsed
-
-    async def sleep(self, seconds: float) -> None:
-        """Record the delay, advance virtual time, let others run."""
-        self.sleeps.append(seconds)
-        self.elapsed += max(0.0, seconds)
-        await anyio.lowlevel.checkpoint()

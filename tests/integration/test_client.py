@@ -18,7 +18,7 @@ import trustme
 from aiohttp import web
 
 from watcher import client as client_module
-from watcher.client import MAX_BODY_BYTES, PollResult, SklmClient, create_session
+from watcher.client import MAX_BODY_BYTES, SklmClient, create_session
 from watcher.config import Secret, ServerConfig
 from watcher.errors import (
     SklmAuthError,
@@ -26,7 +26,7 @@ from watcher.errors import (
     SklmTlsError,
     SklmUnreachable,
 )
-from watcher.phases import Phase
+from watcher.phases import Phase, PollResult
 from watcher.simulator import Simulator
 
 pytestmark = pytest.mark.integration

@@ -23,10 +23,10 @@ from aiohttp import web
 
 from tests.integration.conftest import StartSimulator
 from watcher import cli
-from watcher.client import PollResult, SklmClient, create_session
+from watcher.client import SklmClient, create_session
 from watcher.config import Secret, ServerConfig
 from watcher.errors import SklmProtocolError
-from watcher.phases import Phase
+from watcher.phases import Phase, PollResult
 from watcher.simulator import write_watcher_config
 
 pytestmark = pytest.mark.integration

@@ -11,19 +11,16 @@ import anyio
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from tests.integration.conftest_receiver import (
-    HOOK_PATH,
-    AutoClock,
-    ManualClock,
-    Receiver,
-)
+from tests.clock import VirtualClock
+from tests.integration.conftest_receiver import HOOK_PATH, Receiver
 from watcher.clock import Clock
 from watcher.config import Secret, SinkConfig
 from watcher.dispatcher import Dispatcher
 from watcher.events import Event, EventType
-from watcher.journal import Journal, OutboxRow
 from watcher.sinks import build_sink
 from watcher.sinks.slack import render
+from watcher.store.base import OutboxRow
+from watcher.store.sqlite import SqliteStore as Journal
 
 pytestmark = pytest.mark.integration
 
@@ -119,7 +116,7 @@ async def test_receiver_down_then_up_loses_nothing(tmp_path, receiver, session) 
     """While the receiver is down rows wait; once up, each arrives once, in order per server."""
     config = hook("ops", receiver.url())
     journal = open_journal(tmp_path, config)
-    clock = AutoClock(datetime(2026, 11, 29, 10, tzinfo=UTC))
+    clock = VirtualClock.auto(datetime(2026, 11, 29, 10, tzinfo=UTC))
     events = phases(clock.start, "a", "b", "c")
     record(journal, events)
     await receiver.stop()
@@ -148,7 +145,7 @@ async def test_retry_after_sets_the_next_attempt(tmp_path, receiver, session) ->
     config = hook("ops", receiver.url())
     journal = open_journal(tmp_path, config)
     start = datetime(2026, 11, 29, 10, tzinfo=UTC)
-    clock = ManualClock(start)
+    clock = VirtualClock(start)
     record(journal, phases(start, "a")[:1])
     receiver.now = clock.now
     receiver.answer(429, {"Retry-After": "2"})
@@ -189,7 +186,7 @@ async def test_permanent_answers_dead_letter_at_once(
     """410, 400 or a redirect dead-letters after one POST; the URL shows nowhere."""
     config = hook("ops", receiver.url(), secrets=(Secret(SECRET),))
     journal = open_journal(tmp_path, config)
-    clock = AutoClock(datetime.now(UTC))
+    clock = VirtualClock.auto(datetime.now(UTC))
     [event] = phases(clock.start, "a")[:1]
     record(journal, [event])
     receiver.always(status, headers)
@@ -217,7 +214,7 @@ async def test_a_hung_sink_does_not_delay_a_healthy_one(
         slow.hang = True
         configs = (hook("slow", slow.url(), timeout=30.0), hook("ops", receiver.url()))
         journal = open_journal(tmp_path, *configs)
-        clock = AutoClock(datetime(2026, 11, 29, 10, tzinfo=UTC))
+        clock = VirtualClock.auto(datetime(2026, 11, 29, 10, tzinfo=UTC))
         events = phases(clock.start, "a")
         record(journal, events)
         async with dispatching(journal, session, clock, *configs):
@@ -234,7 +231,7 @@ async def test_restart_delivers_pending_rows_with_their_ids(
     """Rows left pending by one process are delivered, signed, by the next one."""
     config = hook("ops", receiver.url(), secrets=(Secret(SECRET),))
     journal = open_journal(tmp_path, config)
-    clock = AutoClock(datetime.now(UTC))
+    clock = VirtualClock.auto(datetime.now(UTC))
     events = phases(clock.start, "a", "b")
     record(journal, events)
     receiver.always(500)
@@ -264,7 +261,7 @@ async def test_cancellation_propagates_from_a_request_in_flight(
     """Cancelling during a POST ends the dispatcher by cancellation; the row stays pending."""
     config = hook("ops", receiver.url())
     journal = open_journal(tmp_path, config)
-    clock = AutoClock(datetime(2026, 11, 29, 10, tzinfo=UTC))
+    clock = VirtualClock.auto(datetime(2026, 11, 29, 10, tzinfo=UTC))
     record(journal, phases(clock.start, "a")[:1])
     receiver.hang = True
     sinks = {"ops": build_sink(config, session, clock)}
@@ -286,7 +283,7 @@ async def test_slack_sink_posts_its_message(tmp_path, receiver, session) -> None
     """The Slack sink's POST body is the rendered Block Kit message."""
     config = SinkConfig(name="chat", type="slack", url=Secret(receiver.url()))
     journal = open_journal(tmp_path, config)
-    clock = AutoClock(datetime(2026, 11, 29, 10, tzinfo=UTC))
+    clock = VirtualClock.auto(datetime(2026, 11, 29, 10, tzinfo=UTC))
     event = Event.create(
         EventType.RESTORE_STARTED, "a", clock.start, {"phase": "INITIALIZE"}, key=("r",)
     )

@@ -23,14 +23,14 @@ from typing import Any
 import anyio
 import pytest
 
-from tests.integration.conftest_receiver import AutoClock
+from tests.clock import VirtualClock
 from tests.integration.smtp_receiver import SmtpReceiver
 from watcher.config import Secret, SinkConfig
 from watcher.dispatcher import Dispatcher
 from watcher.errors import DeliveryError
 from watcher.events import Event, EventType
-from watcher.journal import Journal
 from watcher.sinks.email import EmailSink
+from watcher.store.sqlite import SqliteStore as Journal
 
 pytestmark = pytest.mark.integration
 
@@ -108,7 +108,7 @@ async def test_starttls_with_auth_delivers_the_whole_message(
     smtp: SmtpReceiver, ca_file: Path, logs: list[MutableMapping[str, Any]]
 ) -> None:
     """STARTTLS, verified certificate, AUTH: subject, headers and both parts as documented."""
-    sink = EmailSink(config(smtp.port, ca_file), AutoClock(START))
+    sink = EmailSink(config(smtp.port, ca_file), VirtualClock.auto(START))
     event = completed()
     assert await deliver(sink, event) is None
     (mail,) = smtp.mails
@@ -168,7 +168,7 @@ async def test_html_escapes_every_server_and_config_string(
         },
         key=("r1",),
     )
-    sink = EmailSink(config(smtp.port, ca_file), AutoClock(START))
+    sink = EmailSink(config(smtp.port, ca_file), VirtualClock.auto(START))
     assert await deliver(sink, event) is None
     message = smtp.mails[0].message()
     assert message["Subject"] == (
@@ -191,7 +191,7 @@ async def test_implicit_tls_delivers(server_ssl: ssl.SSLContext, ca_file: Path) 
     """transport = tls: TLS from the first byte (port 465 style), then AUTH."""
     async with SmtpReceiver("tls", server_ssl, (LOGIN, PASSWORD)) as receiver:
         sink = EmailSink(
-            config(receiver.port, ca_file, transport="tls"), AutoClock(START)
+            config(receiver.port, ca_file, transport="tls"), VirtualClock.auto(START)
         )
         assert await deliver(sink, completed()) is None
         assert [(m.login, m.tls) for m in receiver.mails] == [(LOGIN, True)]
@@ -202,7 +202,7 @@ async def test_plain_relay_without_auth_delivers() -> None:
     async with SmtpReceiver("plain") as receiver:
         sink = EmailSink(
             config(receiver.port, None, transport="none", username=None, password=None),
-            AutoClock(START),
+            VirtualClock.auto(START),
         )
         assert await deliver(sink, completed()) is None
         assert [(m.login, m.tls) for m in receiver.mails] == [(None, False)]
@@ -212,7 +212,7 @@ async def test_resend_has_the_same_message_id(
     smtp: SmtpReceiver, ca_file: Path
 ) -> None:
     """Two deliveries of one event carry one Message-ID (clients show it once)."""
-    sink = EmailSink(config(smtp.port, ca_file), AutoClock(START))
+    sink = EmailSink(config(smtp.port, ca_file), VirtualClock.auto(START))
     event = completed()
     assert await deliver(sink, event) is None
     assert await deliver(sink, event) is None
@@ -223,7 +223,7 @@ async def test_resend_has_the_same_message_id(
 
 async def test_untrusted_certificate_is_permanent(smtp: SmtpReceiver) -> None:
     """Without the trustme CA the certificate is not trusted: dead-lettered, said so."""
-    sink = EmailSink(config(smtp.port, None), AutoClock(START))
+    sink = EmailSink(config(smtp.port, None), VirtualClock.auto(START))
     error = await deliver(sink, completed())
     assert error is not None
     assert error.permanent
@@ -236,7 +236,9 @@ async def test_unverified_tls_works_with_a_warning(
     smtp: SmtpReceiver, logs: list[MutableMapping[str, Any]]
 ) -> None:
     """verify_tls = false delivers to an untrusted certificate and logs a loud warning."""
-    sink = EmailSink(config(smtp.port, None, verify_tls=False), AutoClock(START))
+    sink = EmailSink(
+        config(smtp.port, None, verify_tls=False), VirtualClock.auto(START)
+    )
     assert await deliver(sink, completed()) is None
     assert len(smtp.mails) == 1
     warnings = [e for e in logs if e["event"] == "sink.tls_unverified"]
@@ -248,7 +250,7 @@ async def test_wrong_password_is_permanent_and_never_said(
 ) -> None:
     """535 to AUTH: permanent, names the username setting, never the password."""
     smtp.credentials = (LOGIN, "the-right-one")
-    sink = EmailSink(config(smtp.port, ca_file), AutoClock(START))
+    sink = EmailSink(config(smtp.port, ca_file), VirtualClock.auto(START))
     error = await deliver(sink, completed())
     assert error is not None
     assert error.permanent
@@ -267,7 +269,7 @@ async def test_auth_reply_echoing_the_credentials_is_never_repeated(
     """A server that echoes AUTH PLAIN's base64 back: not in the error or its traceback."""
     blob = base64.b64encode(f"\0{LOGIN}\0{PASSWORD}".encode()).decode()
     smtp.reply("AUTH", f"535 5.7.8 bad credentials {blob} {PASSWORD}", times=2)
-    sink = EmailSink(config(smtp.port, ca_file), AutoClock(START))
+    sink = EmailSink(config(smtp.port, ca_file), VirtualClock.auto(START))
     error = await deliver(sink, completed())
     assert error is not None
     assert error.permanent
@@ -283,7 +285,7 @@ async def test_temporary_auth_failure_is_transient(
     """454 to AUTH (the server's credential store is away): retried later."""
     # Once per mechanism aiosmtplib tries (PLAIN, then LOGIN).
     smtp.reply("AUTH", "454 4.7.0 Temporary authentication failure", times=2)
-    sink = EmailSink(config(smtp.port, ca_file), AutoClock(START))
+    sink = EmailSink(config(smtp.port, ca_file), VirtualClock.auto(START))
     error = await deliver(sink, completed())
     assert error is not None
     assert not error.permanent
@@ -330,7 +332,7 @@ async def test_smtp_replies_are_classified(
     """4xx at any step is transient, 5xx permanent; the code and RFC 3463 status are said."""
     # Both recipients get the reply, so "every recipient refused" is the RCPT case.
     smtp.reply(step, reply, times=2)
-    sink = EmailSink(config(smtp.port, ca_file), AutoClock(START))
+    sink = EmailSink(config(smtp.port, ca_file), VirtualClock.auto(START))
     error = await deliver(sink, completed())
     assert error is not None
     assert (error.permanent, error.detail) == (permanent, detail)
@@ -343,7 +345,7 @@ async def test_one_refused_recipient_still_delivers_to_the_other(
 ) -> None:
     """A partial refusal is delivered (a resend would duplicate) and logged as a warning."""
     smtp.reply("RCPT", "550 5.1.1 no such user")
-    sink = EmailSink(config(smtp.port, ca_file), AutoClock(START))
+    sink = EmailSink(config(smtp.port, ca_file), VirtualClock.auto(START))
     event = completed()
     assert await deliver(sink, event) is None
     assert [m.rcpt_tos for m in smtp.mails] == [("kms@example.test",)]
@@ -366,7 +368,7 @@ async def test_hanging_server_is_a_transient_timeout(
 ) -> None:
     """A server that stops answering ends the attempt at the sink's timeout."""
     smtp.hang_on = step
-    sink = EmailSink(config(smtp.port, ca_file), AutoClock(START))
+    sink = EmailSink(config(smtp.port, ca_file), VirtualClock.auto(START))
     error = await deliver(sink, completed())
     assert error is not None
     assert (error.permanent, error.detail) == (False, "no answer within 0.5 s")
@@ -377,7 +379,7 @@ async def test_reset_connection_is_transient(
 ) -> None:
     """A connection reset in the middle of the transaction is retried."""
     smtp.reset_on = "MAIL"
-    sink = EmailSink(config(smtp.port, ca_file), AutoClock(START))
+    sink = EmailSink(config(smtp.port, ca_file), VirtualClock.auto(START))
     error = await deliver(sink, completed())
     assert error is not None
     assert not error.permanent
@@ -393,7 +395,7 @@ async def test_server_down_is_transient_and_back_delivers(
     receiver = SmtpReceiver("starttls", server_ssl, (LOGIN, PASSWORD))
     await receiver.start()
     await receiver.stop()
-    sink = EmailSink(config(receiver.port, ca_file), AutoClock(START))
+    sink = EmailSink(config(receiver.port, ca_file), VirtualClock.auto(START))
     error = await deliver(sink, completed())
     assert error is not None
     assert (error.permanent, error.detail) == (
@@ -408,7 +410,7 @@ async def test_server_down_is_transient_and_back_delivers(
 async def test_starttls_not_offered_is_permanent(ca_file: Path) -> None:
     """A server that offers no STARTTLS (or had it stripped) gets no password: permanent."""
     async with SmtpReceiver("plain") as receiver:
-        sink = EmailSink(config(receiver.port, ca_file), AutoClock(START))
+        sink = EmailSink(config(receiver.port, ca_file), VirtualClock.auto(START))
         error = await deliver(sink, completed())
         assert error is not None
         assert error.permanent
@@ -433,7 +435,7 @@ async def test_event_waits_in_the_outbox_until_the_server_is_back(
     )
     event = completed()
     journal.record(event.server, {}, [event])
-    clock = AutoClock(START)
+    clock = VirtualClock.auto(START)
     attempts: list[DeliveryError | None] = []
     sink = EmailSink(sink_config, clock)
 
@@ -554,7 +556,7 @@ async def test_hostile_non_smtp_servers_are_transient(
     async with server:
         sink = EmailSink(
             config(port, None, transport="none", username=None, password=None),
-            AutoClock(START),
+            VirtualClock.auto(START),
         )
         error = await deliver(sink, completed())
         server.close()
@@ -570,7 +572,9 @@ async def test_cancellation_propagates_and_the_sink_goes_on(
 ) -> None:
     """Cancelled mid-transaction (shutdown): no DeliveryError, and the next one works."""
     smtp.hang_on = "DATA"
-    sink = EmailSink(config(smtp.port, ca_file, timeout=HANG_GUARD), AutoClock(START))
+    sink = EmailSink(
+        config(smtp.port, ca_file, timeout=HANG_GUARD), VirtualClock.auto(START)
+    )
     outcome: list[str] = []
 
     async def attempt() -> None:

@@ -25,7 +25,7 @@ import aiohttp
 import anyio
 import pytest
 
-from tests.integration.conftest_receiver import AutoClock
+from tests.clock import VirtualClock
 from tests.integration.hostile_server import (
     HOOK_PATH,
     Exchange,
@@ -48,8 +48,8 @@ from watcher.config import Secret, SinkConfig
 from watcher.dispatcher import Dispatcher
 from watcher.errors import DeliveryError
 from watcher.events import Event, EventType
-from watcher.journal import Journal
 from watcher.sinks import build_sink
+from watcher.store.sqlite import SqliteStore as Journal
 
 pytestmark = pytest.mark.integration
 
@@ -342,7 +342,7 @@ async def test_hostile_receiver(case: SinkCase, session: aiohttp.ClientSession) 
         if case.witness:
             server.witness = await stack.enter_async_context(HostileServer())
         url = server.url + HOOK_PATH
-        clock = AutoClock(START)
+        clock = VirtualClock.auto(START)
         sink = build_sink(sink_config(case.kind, url), session, clock)
         error: DeliveryError | None = None
         with anyio.fail_after(HANG_GUARD):
@@ -389,7 +389,7 @@ async def test_one_event_survives_a_series_of_hostile_answers(
         journal = Journal.open(tmp_path / "state", tmp_path / "events.jsonl", (config,))
         the_event = event()
         journal.record(the_event.server, {}, [the_event])
-        clock = AutoClock(START)
+        clock = VirtualClock.auto(START)
         dispatcher = Dispatcher(
             journal,
             {"ops": build_sink(config, session, clock)},

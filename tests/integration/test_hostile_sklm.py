@@ -69,7 +69,7 @@ from tests.integration.hostile_server import (
     trickled,
     witness_untouched,
 )
-from watcher.client import MAX_BODY_BYTES, PollResult, SklmClient, create_session
+from watcher.client import MAX_BODY_BYTES, SklmClient, create_session
 from watcher.config import Secret, ServerConfig
 from watcher.errors import (
     SklmAuthError,
@@ -78,7 +78,7 @@ from watcher.errors import (
     SklmTlsError,
     SklmUnreachable,
 )
-from watcher.phases import Phase
+from watcher.phases import Phase, PollResult
 
 pytestmark = pytest.mark.integration
 

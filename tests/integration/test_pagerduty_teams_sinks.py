@@ -21,7 +21,7 @@ import aiohttp
 import anyio
 import pytest
 
-from tests.integration.conftest_receiver import AutoClock
+from tests.clock import VirtualClock
 from tests.integration.hostile_server import HOOK_PATH, HostileServer
 from tests.integration.pd_teams_receivers import (
     PagerDutyReceiver,
@@ -35,8 +35,8 @@ from watcher.config import Secret, ServerConfig, SinkConfig
 from watcher.dispatcher import Dispatcher
 from watcher.errors import DeliveryError
 from watcher.events import Event, EventType
-from watcher.journal import Journal
 from watcher.sinks import build_sink
+from watcher.store.sqlite import SqliteStore as Journal
 from watcher.tracker import Failure
 
 pytestmark = pytest.mark.integration
@@ -140,7 +140,7 @@ async def test_pagerduty_alerts_open_and_close_in_pairs(session) -> None:
     """Every tracker trigger is valid Events API v2 and has its resolve; resends fold."""
     events = tracked_events()
     async with PagerDutyReceiver() as pd:
-        sink = build_sink(pd_config(pd.url), session, AutoClock(START))
+        sink = build_sink(pd_config(pd.url), session, VirtualClock.auto(START))
         for event in events:
             assert await deliver(sink, event) is None
         assert pd.invalid == []
@@ -176,7 +176,7 @@ async def test_pagerduty_400_is_permanent_and_echoed_key_is_not_repeated(
                 {"Content-Type": "application/json"},
             )
         )
-        sink = build_sink(pd_config(pd.url), session, AutoClock(START))
+        sink = build_sink(pd_config(pd.url), session, VirtualClock.auto(START))
         error = await deliver(sink, failed_event())
     assert error is not None
     assert error.permanent
@@ -200,7 +200,7 @@ async def test_pagerduty_rate_limit_and_server_errors_are_transient(
     """429 (with or without Retry-After) and 5xx are retried, as PagerDuty advises."""
     async with PagerDutyReceiver() as pd:
         pd.script.append(Scripted(status, "{}", headers))
-        sink = build_sink(pd_config(pd.url), session, AutoClock(START))
+        sink = build_sink(pd_config(pd.url), session, VirtualClock.auto(START))
         error = await deliver(sink, failed_event())
         assert error is not None
         assert not error.permanent
@@ -214,7 +214,7 @@ async def test_pagerduty_rate_limit_and_server_errors_are_transient(
 async def test_pagerduty_gigantic_reason_is_still_a_valid_event(session) -> None:
     """A 100,000-character reason: summary cut to 1024, the event under 512 KB."""
     async with PagerDutyReceiver() as pd:
-        sink = build_sink(pd_config(pd.url), session, AutoClock(START))
+        sink = build_sink(pd_config(pd.url), session, VirtualClock.auto(START))
         assert await deliver(sink, failed_event("x" * 100_000)) is None
     assert pd.invalid == []
 
@@ -223,7 +223,7 @@ async def test_pagerduty_test_event_leaves_nothing_open(session) -> None:
     """test-sink's event is a trigger and its resolve: the key works, nothing pages on."""
     event = Event.create(EventType.TEST, "sklm-watcher-test", START, key=("t",))
     async with PagerDutyReceiver() as pd:
-        sink = build_sink(pd_config(pd.url), session, AutoClock(START))
+        sink = build_sink(pd_config(pd.url), session, VirtualClock.auto(START))
         assert await deliver(sink, event) is None
     assert [json.loads(b)["event_action"] for b in pd.bodies] == ["trigger", "resolve"]
     assert pd.invalid == []
@@ -237,7 +237,7 @@ async def test_teams_every_event_is_a_valid_card(session) -> None:
     """Each tracker event and a gigantic failure make cards a Workflows webhook takes."""
     events = [*tracked_events(), failed_event("y" * 200_000)]
     async with TeamsReceiver() as teams:
-        sink = build_sink(teams_config(teams.url), session, AutoClock(START))
+        sink = build_sink(teams_config(teams.url), session, VirtualClock.auto(START))
         for event in events:
             assert await deliver(sink, event) is None
     assert teams.invalid == []
@@ -264,7 +264,7 @@ async def test_teams_workflow_error_gives_its_code_only(session) -> None:
                 {"Content-Type": "application/json"},
             )
         )
-        sink = build_sink(teams_config(teams.url), session, AutoClock(START))
+        sink = build_sink(teams_config(teams.url), session, VirtualClock.auto(START))
         error = await deliver(sink, failed_event())
         assert error is not None
         assert error.permanent
@@ -277,7 +277,7 @@ async def test_teams_429_retry_after_is_honoured(session) -> None:
     """Throttled: transient, with the receiver's Retry-After."""
     async with TeamsReceiver() as teams:
         teams.script.append(Scripted(429, "", {"Retry-After": "60"}))
-        sink = build_sink(teams_config(teams.url), session, AutoClock(START))
+        sink = build_sink(teams_config(teams.url), session, VirtualClock.auto(START))
         error = await deliver(sink, failed_event())
     assert error is not None
     assert (error.permanent, error.retry_after) == (False, 60.0)
@@ -285,7 +285,7 @@ async def test_teams_429_retry_after_is_honoured(session) -> None:
 
 async def test_teams_posts_are_spaced_by_min_interval(session) -> None:
     """Three posts in a row wait min_interval between them (virtual time)."""
-    clock = AutoClock(START)
+    clock = VirtualClock.auto(START)
     async with TeamsReceiver() as teams:
         sink = build_sink(teams_config(teams.url, min_interval=1.0), session, clock)
         for _ in range(3):
@@ -316,7 +316,7 @@ async def test_hostile_receiver(kind: str, case: SinkCase, session) -> None:
         if case.witness:
             server.witness = await stack.enter_async_context(HostileServer())
         url = server.url + HOOK_PATH
-        sink = build_sink(_hostile_config(kind, url), session, AutoClock(START))
+        sink = build_sink(_hostile_config(kind, url), session, VirtualClock.auto(START))
         error = await deliver(sink, failed_event())
         assert server.hook_requests == 1
         if case.outcome == "delivered":
@@ -359,7 +359,7 @@ async def test_routing_key_and_teams_url_appear_nowhere(
         journal = Journal.open(tmp_path / "state", tmp_path / "events.jsonl", configs)
         for event in events:
             journal.record(event.server, {}, [event])
-        clock = AutoClock(START)
+        clock = VirtualClock.auto(START)
         dispatcher = Dispatcher(
             journal,
             {c.name: build_sink(c, session, clock) for c in configs},

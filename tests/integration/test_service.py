@@ -13,8 +13,8 @@ import anyio
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.clock import VirtualClock
 from watcher.errors import ConfigError, JournalError
-from watcher.journal import OutboxSummary
 from watcher.phases import Phase
 from watcher.scheduler import WatchStats
 from watcher.service import (
@@ -23,6 +23,7 @@ from watcher.service import (
     LatencyHistogram,
     StatusServer,
 )
+from watcher.store.base import OutboxSummary
 from watcher.tracker import ServerState
 
 pytestmark = pytest.mark.integration
@@ -89,17 +90,6 @@ class FakeSource:
     def poll_latency(self) -> Mapping[str, LatencyHistogram]:
         """The configured histograms."""
         return self.latency
-
-
-class FakeMonotonic:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        """Return the current reading."""
-        return self.now
 
 
 Get = Callable[..., Awaitable[tuple[int, str, str]]]
@@ -177,11 +167,11 @@ async def test_healthz_503_when_the_journal_is_not_writable(serve, source):
 
 async def test_healthz_503_when_the_heartbeat_stops(serve, source):
     """A heartbeat older than ``stall_after`` fails the probe, with its age."""
-    clock = FakeMonotonic()
-    heartbeat = Heartbeat(clock=clock)
+    clock = VirtualClock(origin=1000.0)
+    heartbeat = Heartbeat(clock=clock.monotonic)
     get = await serve(heartbeat=heartbeat, stall_after=5.0)
     assert (await get("/healthz"))[0] == 200
-    clock.now += 12.4
+    clock.advance(12.4)
     source.problem = "journal not writable: read-only file system\nsecond line"
     status, _, body = await get("/healthz")
     assert (status, body) == (
@@ -196,7 +186,7 @@ async def test_healthz_503_when_the_heartbeat_stops(serve, source):
 
 async def test_metrics(serve):
     """/metrics is Prometheus text with the source's counters, gauges and histogram."""
-    get = await serve(heartbeat=Heartbeat(clock=FakeMonotonic()))
+    get = await serve(heartbeat=Heartbeat(clock=VirtualClock(origin=1000.0).monotonic))
     status, content_type, body = await get("/metrics")
     assert status == 200
     assert content_type == "text/plain; version=0.0.4; charset=utf-8"
@@ -226,6 +216,8 @@ async def test_metrics(serve):
             "sklm_watcher_server_health",
             (("health", "unreachable"), ("server", "sklm-2")),
         ): 1,
+        ("sklm_watcher_restore_stalled", (("server", "sklm-1"),)): 0,
+        ("sklm_watcher_restore_stalled", (("server", "sklm-2"),)): 0,
     }
     rest = {key: value for key, value in found.items() if key not in server_samples}
     assert rest == {
@@ -259,6 +251,7 @@ async def test_metrics(serve):
         ("sklm_watcher_outbox_pending", (("sink", "slack"),)): 2,
         ("sklm_watcher_outbox_dead", (("sink", "slack"),)): 1,
         ("sklm_watcher_outbox_oldest_pending_age_seconds", (("sink", "slack"),)): 9,
+        ("sklm_watcher_journal_readable", ()): 1,
         ("sklm_watcher_event_loop_lag_seconds", ()): 0,
     }
 

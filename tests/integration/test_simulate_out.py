@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from watcher.config import load_config
+from watcher.configfile import load_config
 
 pytestmark = pytest.mark.integration
 

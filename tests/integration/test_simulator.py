@@ -20,7 +20,7 @@ import aiohttp
 import anyio
 import pytest
 
-from watcher.config import load_config
+from watcher.configfile import load_config
 from watcher.phases import Phase
 from watcher.simulator import (
     RestoreRunning,
@@ -284,15 +284,17 @@ async def test_scripted_phases_follow_the_clock(simulator, http) -> None:
 
 async def test_session_idle_timeout_logout_and_expiry(simulator, http) -> None:
     """An id unused for session_idle_timeout, logged out or expired gets CTGKM6004E."""
-    sim = await simulator(one_server(session_idle_timeout=0.3))
+    # Polls 0.1 s apart against a 1 s timeout: a 10x margin, so a loaded machine
+    # does not expire the session by accident (0.3 s once left only 3x).
+    sim = await simulator(one_server(session_idle_timeout=1.0))
     base = sim.urls["s"]
     server = sim.server("s")
     session_id = await login(http, base)
-    deadline = time.monotonic() + 0.6
-    while time.monotonic() < deadline:  # polling keeps the session alive
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:  # polling keeps it alive past the timeout
         assert (await progress(http, base, session_id))[0] == 200
         await asyncio.sleep(0.1)
-    await asyncio.sleep(0.35)  # the server reads this much elapsed time; not a race
+    await asyncio.sleep(1.05)  # the server reads this much elapsed time; not a race
     assert await progress(http, base, session_id) == (
         401,
         {"code": "CTGKM6004E", "message": CTGKM6004E},

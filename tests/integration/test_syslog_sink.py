@@ -21,17 +21,17 @@ from typing import Any
 import anyio
 import pytest
 
-from tests.integration.conftest_receiver import AutoClock
+from tests.clock import VirtualClock
 from tests.integration.syslog_receiver import SyslogReceiver
 from watcher.config import SinkConfig
 from watcher.dispatcher import Dispatcher
 from watcher.errors import DeliveryError
 from watcher.events import Event, EventType
-from watcher.journal import Journal
 from watcher.sinks.syslog import (
     MAX_DATAGRAM_BYTES,
     SyslogSink,
 )
+from watcher.store.sqlite import SqliteStore as Journal
 
 pytestmark = pytest.mark.integration
 
@@ -100,7 +100,7 @@ async def test_tls_message_has_every_documented_field(
     relay: SyslogReceiver, ca_file: Path
 ) -> None:
     """PRI, version, time, host, app, procid, msgid, SD and the CloudEvent as MSG."""
-    sink = SyslogSink(config(relay.port, "tls", ca_file), AutoClock(START))
+    sink = SyslogSink(config(relay.port, "tls", ca_file), VirtualClock.auto(START))
     event = failed()
     assert await deliver(sink, event) is None
     (message,) = await relay.wait_for(1)
@@ -131,7 +131,7 @@ async def test_one_connection_carries_many_messages(
     relay: SyslogReceiver, ca_file: Path
 ) -> None:
     """Consecutive events reuse one connection, each in its own octet-counted frame."""
-    sink = SyslogSink(config(relay.port, "tls", ca_file), AutoClock(START))
+    sink = SyslogSink(config(relay.port, "tls", ca_file), VirtualClock.auto(START))
     for n in range(5):
         assert await deliver(sink, phase(n)) is None
     messages = await relay.wait_for(5)
@@ -150,7 +150,7 @@ async def test_relay_that_closed_the_connection_gets_a_new_one(
     """A relay restart between events: the sink sees the close and reconnects first."""
     relay.close_after = 1
     relay.reset = reset
-    sink = SyslogSink(config(relay.port, "tls", ca_file), AutoClock(START))
+    sink = SyslogSink(config(relay.port, "tls", ca_file), VirtualClock.auto(START))
     assert await deliver(sink, phase(1)) is None
     await relay.wait_closed_connections(1)
     with anyio.fail_after(HANG_GUARD):
@@ -171,7 +171,7 @@ async def test_relay_down_is_transient_and_back_delivers(
     receiver = SyslogReceiver("tls", server_ssl)
     await receiver.start()
     await receiver.stop()
-    sink = SyslogSink(config(receiver.port, "tls", ca_file), AutoClock(START))
+    sink = SyslogSink(config(receiver.port, "tls", ca_file), VirtualClock.auto(START))
     error = await deliver(sink, failed())
     assert error is not None
     assert (error.permanent, error.detail) == (
@@ -186,7 +186,7 @@ async def test_relay_down_is_transient_and_back_delivers(
 
 async def test_untrusted_certificate_is_permanent(relay: SyslogReceiver) -> None:
     """Without the trustme CA the relay's certificate is refused: dead-lettered."""
-    sink = SyslogSink(config(relay.port, "tls", None), AutoClock(START))
+    sink = SyslogSink(config(relay.port, "tls", None), VirtualClock.auto(START))
     error = await deliver(sink, failed())
     assert error is not None
     assert (error.permanent, error.detail) == (
@@ -204,7 +204,9 @@ async def test_hanging_tls_handshake_is_a_transient_timeout(
         await receiver.stop()
         receiver.hang = True
         await receiver.start()
-        sink = SyslogSink(config(receiver.port, "tls", ca_file), AutoClock(START))
+        sink = SyslogSink(
+            config(receiver.port, "tls", ca_file), VirtualClock.auto(START)
+        )
         error = await deliver(sink, failed())
         assert error is not None
         assert (error.permanent, error.detail) == (False, "no answer within 0.5 s")
@@ -214,7 +216,7 @@ async def test_hanging_tls_handshake_is_a_transient_timeout(
 async def test_plain_tcp_frames_octet_counted() -> None:
     """transport = tcp: the same octet-counted frames without TLS."""
     async with SyslogReceiver("tcp") as receiver:
-        sink = SyslogSink(config(receiver.port, "tcp", None), AutoClock(START))
+        sink = SyslogSink(config(receiver.port, "tcp", None), VirtualClock.auto(START))
         assert await deliver(sink, failed()) is None
         assert await deliver(sink, phase(1)) is None
         messages = await receiver.wait_for(2)
@@ -229,7 +231,7 @@ async def test_plain_tcp_frames_octet_counted() -> None:
 async def test_udp_one_datagram_per_message() -> None:
     """transport = udp: one unframed message per datagram."""
     async with SyslogReceiver("udp") as receiver:
-        sink = SyslogSink(config(receiver.port, "udp", None), AutoClock(START))
+        sink = SyslogSink(config(receiver.port, "udp", None), VirtualClock.auto(START))
         event = failed()
         assert await deliver(sink, event) is None
         (message,) = await receiver.wait_for(1)
@@ -241,7 +243,7 @@ async def test_udp_one_datagram_per_message() -> None:
 async def test_udp_message_too_large_is_permanent() -> None:
     """A message over the datagram limit is refused (permanent: use tcp or tls)."""
     async with SyslogReceiver("udp") as receiver:
-        sink = SyslogSink(config(receiver.port, "udp", None), AutoClock(START))
+        sink = SyslogSink(config(receiver.port, "udp", None), VirtualClock.auto(START))
         error = await deliver(sink, failed(reason="x" * MAX_DATAGRAM_BYTES))
         assert error is not None
         assert error.permanent
@@ -265,7 +267,7 @@ async def test_event_waits_in_the_outbox_until_the_relay_is_back(
     )
     event = failed()
     journal.record(event.server, {}, [event])
-    clock = AutoClock(START)
+    clock = VirtualClock.auto(START)
     sink = SyslogSink(sink_config, clock)
     errors: list[str] = []
 
@@ -309,7 +311,7 @@ async def test_cancellation_propagates_and_the_sink_goes_on(
         receiver.hang = True
         await receiver.start()
         sink_config = config(receiver.port, "tls", ca_file, timeout=HANG_GUARD)
-        sink = SyslogSink(sink_config, AutoClock(START))
+        sink = SyslogSink(sink_config, VirtualClock.auto(START))
         outcome: list[str] = []
 
         async def attempt() -> None:

@@ -10,12 +10,13 @@ import anyio
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from tests.integration.conftest_receiver import AutoClock, Receiver
+from tests.clock import VirtualClock
+from tests.integration.conftest_receiver import Receiver
 from watcher.config import Secret, SinkConfig
 from watcher.dispatcher import Dispatcher
 from watcher.events import Event, EventType
-from watcher.journal import Journal
 from watcher.sinks import build_sink
+from watcher.store.sqlite import SqliteStore as Journal
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +42,7 @@ def _event() -> Event:
 
 
 async def _deliver(
-    tmp_path: Path, receiver: Receiver, config: SinkConfig, clock: AutoClock
+    tmp_path: Path, receiver: Receiver, config: SinkConfig, clock: VirtualClock
 ) -> list[tuple[dict[str, str], bytes]]:
     """Journal one event, let a real dispatcher deliver it (one 500, then 200)."""
     event = _event()
@@ -64,7 +65,7 @@ async def _deliver(
 async def test_unsigned_webhook_has_id_and_timestamp(tmp_path, receiver) -> None:
     """Without a secret: webhook-id (the event id, same on the retry) and timestamp."""
     config = SinkConfig(name="ops", type="webhook", url=Secret(receiver.url()))
-    clock = AutoClock(START)
+    clock = VirtualClock.auto(START)
 
     [(first, _), (retry, _)] = await _deliver(tmp_path, receiver, config, clock)
 
@@ -86,7 +87,7 @@ async def test_signed_webhook_has_all_three(tmp_path, receiver) -> None:
         secrets=(Secret(SECRET),),
     )
     # Webhook.verify checks the timestamp against the real time.
-    clock = AutoClock(datetime.now(UTC))
+    clock = VirtualClock.auto(datetime.now(UTC))
 
     received = await _deliver(tmp_path, receiver, config, clock)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_config import BROKEN, make_ca_file, write
+from tests.unit.test_configfile import BROKEN, make_ca_file, write
 from watcher import cli
 
 

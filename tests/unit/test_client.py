@@ -24,7 +24,6 @@ from watcher.client import (
     LOG_PATH_DISCOVERED,
     LOG_RELOGIN,
     MAX_BODY_BYTES,
-    PollResult,
     SklmClient,
     create_session,
 )
@@ -36,7 +35,7 @@ from watcher.errors import (
     SklmTlsError,
     SklmUnreachable,
 )
-from watcher.phases import Phase
+from watcher.phases import Phase, PollResult
 
 PASSWORD = "pw-Hunter2-secret"
 SESSION_ID = "sid-7f3a9c-SECRET"

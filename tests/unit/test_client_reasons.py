@@ -31,7 +31,6 @@ from tests.unit.test_client import (
 )
 from watcher.client import (
     LOG_PATH_DISCOVERED,
-    PollResult,
     SklmClient,
     create_session,
 )
@@ -41,7 +40,7 @@ from watcher.errors import (
     SklmProtocolError,
     SklmUnreachable,
 )
-from watcher.phases import Phase
+from watcher.phases import Phase, PollResult
 
 #: The 404 bodies a server may answer on a path it does not serve, and the
 #: words the detail gives each.

@@ -1,3 +1,4 @@
+import random
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -7,12 +8,14 @@ from typing import Any
 import anyio
 import pytest
 
-from tests.unit.sinks.fakes import T0, FakeClock, phase_event
+from tests.clock import VirtualClock
+from tests.unit.sinks.fakes import T0, phase_event
 from watcher.config import SinkConfig
 from watcher.dispatcher import Dispatcher
 from watcher.errors import DeliveryError, JournalError
 from watcher.events import Event
-from watcher.journal import Journal, OutboxRow
+from watcher.store.base import OutboxRow
+from watcher.store.sqlite import SqliteStore as Journal
 
 FAR_FUTURE = T0 + timedelta(days=3650)
 
@@ -57,7 +60,7 @@ def journal(tmp_path):
 @pytest.fixture
 def clock():
     """A virtual clock at T0: sleeps return at once and advance it."""
-    return FakeClock()
+    return VirtualClock.auto()
 
 
 @asynccontextmanager
@@ -144,6 +147,19 @@ def test_backoff_doubles_up_to_its_cap(journal, clock) -> None:
     ]  # fmt: skip
     jittered = Dispatcher(journal, {}, {}, clock, jitter=0.5, poll_interval=None)
     assert all(4.0 <= jittered.backoff(3) <= 4.5 for _ in range(50))
+
+
+def test_backoff_jitter_comes_from_the_injected_random_source(journal, clock) -> None:
+    """Seeded dispatchers jitter alike, and the global ``random`` is left alone."""
+    global_before = random.getstate()
+    first, second = (
+        Dispatcher(journal, {}, {}, clock, poll_interval=None, rng=random.Random(3))
+        for _ in range(2)
+    )
+    delays = [first.backoff(n) for n in range(1, 6)]
+    assert delays == [second.backoff(n) for n in range(1, 6)]
+    assert all(2 ** (n - 1) <= d <= 2 ** (n - 1) + 1 for n, d in enumerate(delays, 1))
+    assert random.getstate() == global_before
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,8 @@ def test_event_json_matches_the_contract_shape() -> None:
     )
     assert event.to_dict() == {
         "specversion": "1.0",
-        "id": event.id,
+        # A literal, not event.id: an id that changed would re-alert every receiver.
+        "id": "5270dcfa-254c-560a-b29e-fc4d4b307def",
         "source": "sklm-watcher/sklm-prod-1",
         "type": "sklm.restore.phase",
         "time": "2026-11-29T10:00:01.250Z",
@@ -40,6 +41,10 @@ def test_ids_are_stable_and_distinct() -> None:
     b = Event.create(EventType.RESTORE_STARTED, "s", at, key=("r1",))
     c = Event.create(EventType.RESTORE_STARTED, "s", at, key=("r2",))
     assert a.id == b.id != c.id
+    assert (a.id, c.id) == (
+        "06ea46ee-fb4b-553b-8402-3f415cda0d6d",
+        "c1aa38a2-fead-5b4a-9c22-c90775e63881",
+    )
     assert stable_id("x", "y") != stable_id("xy")
 
 

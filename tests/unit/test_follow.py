@@ -17,8 +17,8 @@ import pytest
 
 from watcher.config import ServerConfig
 from watcher.events import Event, stable_id
-from watcher.journal import Journal
 from watcher.phases import Phase
+from watcher.store.sqlite import SqliteStore as Journal
 from watcher.tracker import Failure, Observation, ServerState, step
 from watcher.views import (
     FollowView,

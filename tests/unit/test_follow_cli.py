@@ -13,7 +13,7 @@ import pytest
 
 from tests.unit.test_follow import Feed, P, rid
 from watcher import cli
-from watcher.journal import Journal
+from watcher.store.sqlite import SqliteStore as Journal
 
 DONE = [(0, P.IDLE), (10, P.INITIALIZE), (20, P.COMPLETED), (30, P.IDLE)]
 

@@ -1,4 +1,9 @@
-"""The journal: SQLite state, events and outbox, and the JSONL audit log (real files)."""
+"""The SQLite store (``watcher.store.sqlite``) and its audit log, on real files.
+
+What only this implementation does: its database file, lock, schema migrations, raw
+rows, and the audit file it keeps beside the database. What every store must do is
+``tests/unit/store/test_contract.py``.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,6 @@ import sqlite3
 import tempfile
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,46 +22,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from watcher import journal as journal_module
-from watcher.config import SinkConfig
-from watcher.errors import JournalError
-from watcher.events import Event, EventType
-from watcher.journal import (
+from tests.unit.store.test_contract import OPS, at, event, outbox_row
+from watcher import audit
+from watcher.audit import (
     AUDIT_CAUGHT_UP,
     AUDIT_REBUILT,
     AUDIT_TORN_LINE,
     AUDIT_UNKNOWN_TAIL,
-    Journal,
-    OutboxRow,
-    OutboxStatus,
-    OutboxSummary,
 )
+from watcher.config import SinkConfig
+from watcher.errors import JournalError
+from watcher.events import Event, EventType
+from watcher.store.base import OutboxSummary, Silence
+from watcher.store.sqlite import SqliteStore as Journal
+from watcher.store.sqlite import schema
 
-T0 = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
 GENESIS = "0" * 64
-OPS = SinkConfig(name="ops", type="webhook")
-
-
-def at(seconds: float) -> datetime:
-    """T0 plus ``seconds``."""
-    return T0 + timedelta(seconds=seconds)
-
-
-def event(
-    server: str,
-    n: int,
-    type: EventType = EventType.RESTORE_PHASE,
-    *,
-    when: datetime | None = None,
-) -> Event:
-    """A deterministic event: the n-th of ``server``, at T0 + n seconds by default."""
-    return Event.create(
-        type,
-        server,
-        when or at(n),
-        {"restore_id": f"r-{server}", "phase": f"P{n}", "inferred": False},
-        key=(str(n),),
-    )
 
 
 class Paths:
@@ -357,7 +337,7 @@ def test_reconcile_continues_a_log_rotated_while_stopped(
     assert paths.lines() == jsonl(more, first_seq=5, prevhash=last)
     assert logs == [
         {
-            "event": journal_module.AUDIT_CONTINUED,
+            "event": audit.AUDIT_CONTINUED,
             "log_level": "info",
             "path": str(paths.audit_log),
             "after_seq": 4,
@@ -428,8 +408,8 @@ def test_reconcile_reads_only_the_tail(
 
     paths.open().close()
 
-    assert len(filler) > 20 * journal_module.TAIL_CHUNK
-    assert sum(read) <= 2 * journal_module.TAIL_CHUNK
+    assert len(filler) > 20 * audit.TAIL_CHUNK
+    assert sum(read) <= 2 * audit.TAIL_CHUNK
     assert paths.lines()[-len(events) :] == jsonl(events)
 
 
@@ -458,85 +438,6 @@ def test_failed_audit_append_is_caught_up_by_the_next_record(
 # --- outbox -------------------------------------------------------------------------
 
 
-def _row(
-    e: Event,
-    *,
-    seq: int,
-    sink: str = "ops",
-    attempts: int = 0,
-    first_attempt_at: datetime | None = None,
-    next_attempt_at: datetime | None = None,
-    last_error: str | None = None,
-    status: OutboxStatus = OutboxStatus.PENDING,
-    delivered_at: datetime | None = None,
-    dead_at: datetime | None = None,
-) -> OutboxRow:
-    return OutboxRow(
-        sink=sink,
-        event=e,
-        attempts=attempts,
-        first_attempt_at=first_attempt_at,
-        next_attempt_at=next_attempt_at or e.time,
-        last_error=last_error,
-        status=status,
-        delivered_at=delivered_at,
-        dead_at=dead_at,
-        seq=seq,
-    )
-
-
-def test_next_due_keeps_per_server_order(journal: Journal) -> None:
-    """A retrying head holds back later rows of its server but not other servers'."""
-    a1, a2, b1 = event("a", 1), event("a", 2), event("b", 3)
-    journal.record("a", {}, [a1, a2])
-    journal.record("b", {}, [b1])
-    now = at(10)
-
-    assert journal.next_due("ops", now) == _row(a1, seq=1)
-    journal.reschedule(
-        "ops", a1.id, attempts=1, next_attempt_at=at(60), error="HTTP 500", at=now
-    )
-    assert journal.next_due("ops", now) == _row(b1, seq=3)
-    journal.mark_delivered("ops", b1.id, now)
-    assert journal.next_due("ops", now) is None
-    assert journal.next_due_at("ops") == at(60)
-
-    assert journal.next_due("ops", at(60)) == _row(
-        a1,
-        seq=1,
-        attempts=1,
-        first_attempt_at=now,
-        next_attempt_at=at(60),
-        last_error="HTTP 500",
-    )
-    journal.mark_delivered("ops", a1.id, at(60))
-    assert journal.next_due("ops", at(60)) == _row(a2, seq=2)
-    journal.mark_delivered("ops", a2.id, at(61))
-    assert journal.next_due("ops", at(1000)) is None
-    assert journal.next_due_at("ops") is None
-
-
-def test_next_due_waits_for_the_due_time(journal: Journal) -> None:
-    """A row is not due before its next_attempt_at, and next_due_at says when it is."""
-    later = event("a", 30)
-    journal.record("a", {}, [later])
-
-    assert journal.next_due("ops", at(29)) is None
-    assert journal.next_due_at("ops") == at(30)
-    assert journal.next_due("ops", at(30)) == _row(later, seq=1)
-    assert journal.next_due("other", at(30)) is None
-    assert journal.next_due_at("other") is None
-
-
-def test_next_due_at_looks_only_at_heads(journal: Journal) -> None:
-    """A due row behind a rescheduled head does not make the sink due earlier."""
-    a1, a2 = event("a", 1), event("a", 2)
-    journal.record("a", {}, [a1, a2])
-    journal.reschedule("ops", a1.id, attempts=1, next_attempt_at=at(90), error="x")
-
-    assert journal.next_due_at("ops") == at(90)
-
-
 def test_mark_delivered_records_the_attempt(journal: Journal, paths: Paths) -> None:
     """A delivery counts one attempt and stamps first attempt and delivery times."""
     e = event("a", 1)
@@ -545,86 +446,6 @@ def test_mark_delivered_records_the_attempt(journal: Journal, paths: Paths) -> N
 
     assert paths.outbox() == [("ops", e.id, "a", "delivered", 1)]
     assert journal.next_due("ops", at(5)) is None
-
-
-def test_dead_letter_and_requeue(journal: Journal) -> None:
-    """A dead row stops blocking its server, is listed, and requeue makes it pending anew."""
-    a1, a2 = event("a", 1), event("a", 2)
-    journal.record("a", {}, [a1, a2])
-    journal.reschedule(
-        "ops", a1.id, attempts=3, next_attempt_at=at(20), error="HTTP 503", at=at(2)
-    )
-    journal.dead_letter("ops", a1.id, error="HTTP 410 Gone", at=at(20))
-
-    dead = _row(
-        a1,
-        seq=1,
-        attempts=4,
-        first_attempt_at=at(2),
-        next_attempt_at=at(20),
-        last_error="HTTP 410 Gone",
-        status=OutboxStatus.DEAD,
-        dead_at=at(20),
-    )
-    assert journal.dead_rows() == [dead]
-    assert journal.dead_rows("ops") == [dead]
-    assert journal.dead_rows("other") == []
-    assert journal.next_due("ops", at(20)) == _row(a2, seq=2)
-    assert journal.outbox_summary(at(22)) == [
-        OutboxSummary(sink="ops", pending=1, dead=1, oldest_pending_age=20.0)
-    ]
-
-    assert journal.requeue(all_dead=True, at=at(30)) == 1
-
-    assert journal.dead_rows() == []
-    assert journal.next_due("ops", at(30)) == _row(
-        a1, seq=1, next_attempt_at=at(30), last_error="HTTP 410 Gone"
-    )
-    assert journal.outbox_summary(at(32)) == [
-        OutboxSummary(sink="ops", pending=2, dead=0, oldest_pending_age=31.0)
-    ]
-
-
-def test_requeue_selects_by_sink_and_event(paths: Paths) -> None:
-    """Requeue touches only dead rows of the named sink and/or event."""
-    sinks = (OPS, SinkConfig(name="slack", type="slack"))
-    e1, e2 = event("a", 1), event("b", 2)
-    with paths.open(sinks) as journal:
-        journal.record("a", {}, [e1])
-        journal.record("b", {}, [e2])
-        for sink in ("ops", "slack"):
-            for e in (e1, e2):
-                journal.dead_letter(sink, e.id, error="gone", at=at(9))
-
-        assert journal.requeue(sink="slack", event_id=e2.id, at=at(10)) == 1
-        assert journal.requeue(event_id=e1.id, at=at(10)) == 2
-        assert journal.requeue(sink="ops", at=at(10)) == 1
-        assert journal.requeue(all_dead=True) == 0
-        with pytest.raises(ValueError, match="all_dead"):
-            journal.requeue()
-
-    assert [row[3] for row in paths.outbox()] == ["pending"] * 4
-
-
-def test_outbox_summary_lists_every_configured_sink(paths: Paths) -> None:
-    """A configured sink with an empty outbox shows zeros and no age."""
-    sinks = (OPS, SinkConfig(name="quiet", type="webhook", events=("nothing",)))
-    with paths.open(sinks) as journal:
-        journal.record("a", {}, [event("a", 1)])
-        assert journal.outbox_summary(at(11)) == [
-            OutboxSummary(sink="ops", pending=1, dead=0, oldest_pending_age=10.0),
-            OutboxSummary(sink="quiet", pending=0, dead=0, oldest_pending_age=None),
-        ]
-
-
-def test_suppress_takes_a_row_out_of_the_queue(journal: Journal) -> None:
-    """A suppressed row is never due and does not block its server."""
-    a1, a2 = event("a", 1), event("a", 2)
-    journal.record("a", {}, [a1, a2])
-
-    assert journal.suppress("ops", a1.id, reason="superseded") is True
-    assert journal.suppress("ops", a1.id, reason="again") is False
-    assert journal.next_due("ops", at(5)) == _row(a2, seq=2)
 
 
 def test_prune_outbox_drops_only_old_delivered_and_suppressed_rows(
@@ -656,69 +477,10 @@ def test_prune_outbox_drops_only_old_delivered_and_suppressed_rows(
         (dead.id, "dead"),
     ]
     assert len(journal.events()) == 6
-    assert journal.next_due("ops", at(10)) == _row(waiting, seq=5)
-
-
-def test_prune_outbox_works_in_batches(journal: Journal, paths: Paths) -> None:
-    """At most ``limit`` rows go per call; calling again takes the rest."""
-    events = [event("a", n) for n in range(1, 6)]
-    journal.record("a", {}, events)
-    for e in events:
-        journal.mark_delivered("ops", e.id, at(10))
-
-    assert journal.prune_outbox(at(11), limit=2) == 2
-    assert journal.prune_outbox(at(11), limit=2) == 2
-    assert journal.prune_outbox(at(11), limit=2) == 1
-    assert paths.outbox() == []
-
-
-def test_updating_a_missing_row_is_an_error(journal: Journal) -> None:
-    """Marking a row that does not exist raises instead of passing silently."""
-    with pytest.raises(JournalError, match="no outbox row for sink ops"):
-        journal.mark_delivered("ops", "no-such-event", at(1))
+    assert journal.next_due("ops", at(10)) == outbox_row(waiting, seq=5)
 
 
 # --- history and state --------------------------------------------------------------
-
-
-def test_load_states_round_trip(paths: Paths) -> None:
-    """States survive a reopen unchanged, the latest per server."""
-    states: dict[str, dict[str, Any]] = {
-        "a": {"phase": 3, "restore_id": "r", "flags": [True, None], "at": "2026-11-29"},
-        "b": {"phase": None, "nested": {"x": 1.5}},
-    }
-    with paths.open() as journal:
-        journal.record("a", {"phase": 1}, [])
-        for server, state in states.items():
-            journal.record(server, state, [])
-    with paths.open() as journal:
-        assert journal.load_states() == states
-
-
-def test_events_filters(journal: Journal) -> None:
-    """events() filters by server, type glob and time, in journal order."""
-    a1 = event("a", 1)
-    b2 = event("b", 2, EventType.SERVER_UNREACHABLE)
-    a3 = event("a", 3, EventType.RESTORE_COMPLETED)
-    journal.record("a", {}, [a1])
-    journal.record("b", {}, [b2])
-    journal.record("a", {}, [a3])
-
-    assert journal.events() == [a1, b2, a3]
-    assert journal.events(server="a") == [a1, a3]
-    assert journal.events(type_glob="sklm.restore.*") == [a1, a3]
-    assert journal.events(type_glob="sklm.server.*") == [b2]
-    assert journal.events(since=at(2)) == [b2, a3]
-    assert journal.events(server="a", type_glob="*.phase", since=at(0)) == [a1]
-
-
-def test_event_times_round_trip_exactly(journal: Journal) -> None:
-    """Sub-millisecond event times come back exactly, though the JSON shows milliseconds."""
-    e = event("a", 1, when=T0 + timedelta(microseconds=123_456))
-    journal.record("a", {}, [e])
-
-    assert journal.events() == [e]
-    assert journal.events()[0].to_json() == e.to_json()
 
 
 # --- opening, locking, schema -------------------------------------------------------
@@ -773,7 +535,7 @@ def test_unlocked_open_may_requeue_but_not_record(
         with pytest.raises(JournalError, match="without the state_dir lock"):
             admin.record("a", {}, [event("a", 2)])
 
-    assert journal.next_due("ops", at(3)) == _row(
+    assert journal.next_due("ops", at(3)) == outbox_row(
         e, seq=1, attempts=0, next_attempt_at=at(3), last_error="gone"
     )
 
@@ -804,10 +566,10 @@ def test_older_schema_is_migrated(
 
         return migrate
 
-    current = journal_module.SCHEMA_VERSION
-    monkeypatch.setattr(journal_module, "SCHEMA_VERSION", current + 2)
+    current = schema.SCHEMA_VERSION
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", current + 2)
     monkeypatch.setattr(
-        journal_module,
+        schema,
         "_MIGRATIONS",
         {current: step(current), current + 1: step(current + 1)},
     )
@@ -832,13 +594,13 @@ def test_missing_migration_is_an_error(
 ) -> None:
     """An older database with no migration path is refused, and the lock released."""
     paths.open().close()
-    current = journal_module.SCHEMA_VERSION
-    monkeypatch.setattr(journal_module, "SCHEMA_VERSION", current + 1)
-    monkeypatch.setattr(journal_module, "_MIGRATIONS", {})
+    current = schema.SCHEMA_VERSION
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", current + 1)
+    monkeypatch.setattr(schema, "_MIGRATIONS", {})
 
     with pytest.raises(JournalError, match=f"no migration from version {current}"):
         paths.open()
-    monkeypatch.setattr(journal_module, "SCHEMA_VERSION", current)
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", current)
     paths.open().close()
 
 
@@ -884,15 +646,6 @@ def test_closed_journal_refuses_calls(paths: Paths) -> None:
 
 
 # --- async access -------------------------------------------------------------------
-
-
-async def test_call_runs_in_a_worker_thread(journal: Journal) -> None:
-    """call() runs the function off the event loop's thread and returns its result."""
-    e = event("a", 1)
-
-    assert await journal.call(threading.get_ident) != threading.get_ident()
-    assert await journal.call(journal.record, "a", {}, [e]) == [e]
-    assert await journal.call(journal.events) == [e]
 
 
 async def test_call_serialises(journal: Journal) -> None:
@@ -953,7 +706,7 @@ def test_silence_suppresses_delivery_but_not_journaling(
         (silenced.id, "suppressed", f"silenced (silence {sid}: maintenance window)"),
         (other.id, "pending", None),
     ]
-    assert journal.next_due("ops", at(60)) == _row(other, seq=2)
+    assert journal.next_due("ops", at(60)) == outbox_row(other, seq=2)
     assert journal.outbox_summary(at(60)) == [
         OutboxSummary(sink="ops", pending=1, dead=0, oldest_pending_age=9.0)
     ]
@@ -967,7 +720,7 @@ def test_silence_expires_by_itself(journal: Journal, paths: Paths) -> None:
     journal.record("a", {}, [after])
 
     assert [row[3] for row in paths.outbox()] == ["suppressed", "pending"]
-    assert journal.next_due("ops", at(100)) == _row(after, seq=2)
+    assert journal.next_due("ops", at(100)) == outbox_row(after, seq=2)
     assert journal.next_due("ops", at(99)) is None
 
 
@@ -975,10 +728,10 @@ def test_silence_list_and_remove(journal: Journal, paths: Paths) -> None:
     """Silences are listed while active (all with include_expired) and can be removed."""
     first = journal.add_silence("prod-*", at(100), "window", at(0))
     second = journal.add_silence("lab-1", at(10), "short", at(1))
-    expected_first = journal_module.Silence(
+    expected_first = Silence(
         id=first, server_glob="prod-*", until=at(100), reason="window", created_at=at(0)
     )
-    expected_second = journal_module.Silence(
+    expected_second = Silence(
         id=second, server_glob="lab-1", until=at(10), reason="short", created_at=at(1)
     )
 
@@ -1025,9 +778,7 @@ def test_version_1_database_gets_silences(paths: Paths, logs) -> None:
     paths.execute("DROP TABLE silences")
     paths.execute("DELETE FROM meta WHERE key LIKE 'audit_%'")
     paths.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
-    with pytest.raises(
-        JournalError, match=f"older than {journal_module.SCHEMA_VERSION}"
-    ):
+    with pytest.raises(JournalError, match=f"older than {schema.SCHEMA_VERSION}"):
         paths.open(read_only=True)
     logs.clear()
 
@@ -1040,11 +791,11 @@ def test_version_1_database_gets_silences(paths: Paths, logs) -> None:
     assert [row[3] for row in paths.outbox()] == ["pending", "suppressed"]
     assert paths.lines() == jsonl([e, event("a", 2)])
     assert logs[0] == {
-        "event": journal_module.SCHEMA_MIGRATED,
+        "event": schema.SCHEMA_MIGRATED,
         "log_level": "info",
         "path": str(paths.db),
         "old": 1,
-        "new": journal_module.SCHEMA_VERSION,
+        "new": schema.SCHEMA_VERSION,
     }
 
 
@@ -1082,12 +833,12 @@ def test_rename_while_running_starts_a_chained_file(
     assert old == jsonl(first)
     last = hashlib.sha256(old[-1].encode()).hexdigest()
     assert paths.lines() == jsonl(second, first_seq=3, prevhash=last)
-    assert journal.audit_position() == journal_module.AuditPosition(
+    assert journal.audit_position() == audit.AuditPosition(
         seq=3, index=3, hash=hashlib.sha256(paths.lines()[-1].encode()).hexdigest()
     )
     assert [entry["event"] for entry in logs] == [
-        journal_module.AUDIT_REOPENED,
-        journal_module.AUDIT_CONTINUED,
+        audit.AUDIT_REOPENED,
+        audit.AUDIT_CONTINUED,
     ]
 
 
@@ -1110,7 +861,7 @@ def test_audit_position_survives_a_restart(paths: Paths) -> None:
         view.reopen_audit_log()  # not the daemon: nothing to do
 
     last = jsonl(events)[-1]
-    assert position == journal_module.AuditPosition(
+    assert position == audit.AuditPosition(
         seq=4, index=4, hash=hashlib.sha256(last.encode()).hexdigest()
     )
 

@@ -20,15 +20,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_config import BROKEN, make_ca_file
-from tests.unit.test_config import write as write_config
+from tests.unit.test_configfile import BROKEN, make_ca_file
+from tests.unit.test_configfile import write as write_config
 from tests.unit.test_views import AUTHS, DR, GONE, LAB, PROD, Feed, at
 from watcher import cli
-from watcher import journal as journal_module
-from watcher.config import SinkConfig, load_config, load_config_lenient
+from watcher.config import SinkConfig
+from watcher.configfile import load_config, load_config_lenient
 from watcher.errors import ConfigError
 from watcher.events import Event, EventType, format_time
-from watcher.journal import Journal
+from watcher.store.sqlite import SqliteStore as Journal
+from watcher.store.sqlite import schema as journal_module
 from watcher.views import EventRow
 
 SERVERS = ("prod-1", "lab-1", "dr-1", "gone-1", "auth-1")

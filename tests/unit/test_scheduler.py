@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
 import json
 import random
@@ -15,7 +14,7 @@ import pytest
 
 import watcher.scheduler
 import watcher.tracker
-from watcher.client import PollResult
+from tests.clock import VirtualClock
 from watcher.clock import SystemClock
 from watcher.config import ServerConfig
 from watcher.errors import (
@@ -26,7 +25,7 @@ from watcher.errors import (
     SklmUnreachable,
 )
 from watcher.events import Event, EventType
-from watcher.phases import Phase
+from watcher.phases import Phase, PollResult
 from watcher.scheduler import (
     EVENT,
     POLL_FAILED,
@@ -47,66 +46,6 @@ PATH = "/SKLM/rest/v1/ckms/restore/progress"
 def server(name: str, **overrides: Any) -> ServerConfig:
     """Return a server config on loopback (nothing connects to it)."""
     return ServerConfig(name=name, url="http://127.0.0.1:9443", **overrides)
-
-
-class VirtualClock:
-    """Virtual time: sleepers wait on events keyed by deadline; the test advances it.
-
-    ``run_until`` lets every task run until it blocks, wakes the earliest sleeper,
-    and repeats: deterministic, and no real time passes.
-    """
-
-    def __init__(self, start: datetime = START) -> None:
-        self._start = start
-        self._now = 0.0
-        self._sleepers: list[tuple[float, int, anyio.Event]] = []
-        self._seq = itertools.count()
-
-    def now(self) -> datetime:
-        """Return the virtual wall-clock time."""
-        return self._start + timedelta(seconds=self._now)
-
-    def monotonic(self) -> float:
-        """Return the virtual seconds since the start."""
-        return self._now
-
-    async def sleep(self, seconds: float) -> None:
-        """Block until the driver advances virtual time past the deadline."""
-        event = anyio.Event()
-        deadline = self._now + max(seconds, 0.0)
-        heapq.heappush(self._sleepers, (deadline, next(self._seq), event))
-        await event.wait()
-
-    async def run_until(self, deadline: float) -> None:
-        """Advance virtual time to ``deadline``, waking sleepers in deadline order."""
-        while True:
-            await settle()
-            if not self._sleepers or self._sleepers[0][0] > deadline:
-                break
-            when, _, event = heapq.heappop(self._sleepers)
-            self._now = max(self._now, when)
-            event.set()
-        self._now = max(self._now, deadline)
-
-    async def advance(self, seconds: float) -> None:
-        """Advance virtual time by ``seconds``."""
-        await self.run_until(self._now + seconds)
-
-
-async def settle() -> None:
-    """Yield until every other task is blocked (anyio's version sleeps 0.1 s real)."""
-    this = asyncio.current_task()
-    for _ in range(10_000):
-        await asyncio.sleep(0)
-        busy = [
-            task
-            for task in asyncio.all_tasks()
-            if task is not this
-            and (task._fut_waiter is None or task._fut_waiter.done())  # type: ignore[attr-defined]
-        ]
-        if not busy:
-            return
-    raise AssertionError("tasks never settled (a busy loop?)")
 
 
 @dataclass
@@ -235,7 +174,7 @@ async def run_for(fleet: Fleet, clock: VirtualClock, seconds: float) -> None:
     """Run ``fleet`` for ``seconds`` of virtual time, then cancel it."""
     async with anyio.create_task_group() as tg:
         tg.start_soon(fleet.run)
-        await clock.advance(seconds)
+        await clock.run_for(seconds)
         tg.cancel_scope.cancel()
 
 
@@ -599,7 +538,7 @@ async def test_cancellation_propagates_out_of_a_blocked_poll(
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(run)
-        await clock.advance(40)
+        await clock.run_for(40)
         assert len(stuck.polled_at) == 1
         tg.cancel_scope.cancel()
     assert not finished
@@ -622,7 +561,7 @@ async def test_cancellation_raised_inside_a_poll_is_not_swallowed(
     )
     async with anyio.create_task_group() as tg:
         tg.start_soon(watch.run)
-        await clock.advance(30)
+        await clock.run_for(30)
     assert len(poller.polled_at) == 1
     assert watch.crashes == 0
 
@@ -710,7 +649,7 @@ async def test_reconfigure_adds_removes_restarts_and_keeps_state(
     added = ScriptedPoller(clock)
     async with anyio.create_task_group() as tg:
         tg.start_soon(fleet.run)
-        await clock.advance(60)
+        await clock.run_for(60)
         keep_state = fleet.states()["keep"]
         change_state = fleet.states()["change"]
         assert change_state.phase is Phase.RESTORE_DATABASES
@@ -723,7 +662,7 @@ async def test_reconfigure_adds_removes_restarts_and_keeps_state(
         assert fleet.states()["keep"] is keep_state
         assert fleet.states()["change"] is change_state
         assert fleet.states()["new"] == ServerState()
-        await clock.advance(60)
+        await clock.run_for(60)
         tg.cancel_scope.cancel()
     assert pollers["drop"].logouts == 1
     assert pollers["change"].logouts == 1
@@ -966,11 +905,11 @@ async def test_a_reload_neither_repeats_the_failure_warning_nor_loses_the_recove
     fleet = fleet_of(clock, {"a": poller}, ListRecorder())
     async with anyio.create_task_group() as tg:
         tg.start_soon(fleet.run)
-        await clock.advance(40)
+        await clock.run_for(40)
         assert len(poller.polled_at) >= 3
         poller.then = Phase.IDLE
         await fleet.reconfigure([server("a", idle_interval=20.0)], {"a": poller})
-        await clock.advance(60)
+        await clock.run_for(60)
         tg.cancel_scope.cancel()
     assert [(e["event"], e["log_level"]) for e in transitions(logs)] == [
         (POLL_FAILING, "warning"),

@@ -13,7 +13,8 @@ from prometheus_client.openmetrics.exposition import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from watcher.journal import OutboxSummary
+from tests.clock import VirtualClock
+from watcher.config import is_loopback, parse_listen
 from watcher.phases import Phase
 from watcher.scheduler import WatchStats
 from watcher.service import (
@@ -21,13 +22,12 @@ from watcher.service import (
     Heartbeat,
     LatencyHistogram,
     Snapshot,
-    is_loopback,
     metric_families,
-    parse_listen,
     render_metrics,
     render_status,
     status_document,
 )
+from watcher.store.base import OutboxSummary
 from watcher.tracker import PhaseVisit, ServerState
 
 T0 = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
@@ -137,29 +137,18 @@ def test_histogram_rejects_negative_and_nan(seconds: float):
 # --- Heartbeat ------------------------------------------------------------------------
 
 
-class FakeMonotonic:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self, now: float = 100.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        """Return the current reading."""
-        return self.now
-
-
 def test_heartbeat_measures_age_lag_and_stall():
     """Age grows between beats, lag is lateness against the interval, stall has a reason."""
-    clock = FakeMonotonic()
-    heartbeat = Heartbeat(interval=1.0, clock=clock)
+    clock = VirtualClock(origin=100.0)
+    heartbeat = Heartbeat(interval=1.0, clock=clock.monotonic)
     assert (heartbeat.age(), heartbeat.lag, heartbeat.stalled()) == (0.0, 0.0, None)
     heartbeat.beat()
-    clock.now += 1.25
+    clock.advance(1.25)
     heartbeat.beat()
     assert heartbeat.lag == pytest.approx(0.25)
-    clock.now += 4.9
+    clock.advance(4.9)
     assert heartbeat.stalled(5.0) is None
-    clock.now += 7.1
+    clock.advance(7.1)
     assert heartbeat.age() == pytest.approx(12.0)
     assert heartbeat.stalled(5.0) == "event loop stalled: last heartbeat 12 s ago"
     heartbeat.beat()
@@ -175,9 +164,9 @@ def test_heartbeat_rejects_a_non_positive_interval():
 
 async def test_heartbeat_run_beats_until_cancelled():
     """``run`` beats at once and keeps going until its scope is cancelled."""
-    clock = FakeMonotonic()
-    heartbeat = Heartbeat(interval=3600.0, clock=clock)
-    clock.now += 30.0
+    clock = VirtualClock(origin=100.0)
+    heartbeat = Heartbeat(interval=3600.0, clock=clock.monotonic)
+    clock.advance(30.0)
     async with anyio.create_task_group() as tg:
         tg.start_soon(heartbeat.run)
         await anyio.wait_all_tasks_blocked()
@@ -334,6 +323,11 @@ def expected_fleet_samples() -> Samples:
         s("outbox_dead", sink="audit-hook"): 0.0,
         s("outbox_oldest_pending_age_seconds", sink="slack"): 42.5,
         s("outbox_oldest_pending_age_seconds", sink="audit-hook"): 0.0,
+        s("restore_stalled", server="sklm-a"): 0.0,
+        s("restore_stalled", server="sklm-b"): 0.0,
+        s("restore_stalled", server="sklm-c"): 0.0,
+        s("restore_stalled", server="sklm-d"): 0.0,
+        s("journal_readable"): 1.0,
         s("event_loop_lag_seconds"): 0.003,
     }
     counts = {"sklm.restore.started": 2.0, "sklm.restore.phase": 7.0}
@@ -357,6 +351,8 @@ FLEET_TYPES = {
     "sklm_watcher_outbox_pending": "gauge",
     "sklm_watcher_outbox_dead": "gauge",
     "sklm_watcher_outbox_oldest_pending_age_seconds": "gauge",
+    "sklm_watcher_restore_stalled": "gauge",
+    "sklm_watcher_journal_readable": "gauge",
     "sklm_watcher_event_loop_lag_seconds": "gauge",
 }
 
@@ -392,6 +388,7 @@ def test_metrics_without_outbox_heartbeat_or_latency():
         "sklm_watcher_event_loop_lag_seconds",
     }
     assert found[s("healthy")] == 0.0
+    assert found[s("journal_readable")] == 0.0
     assert not any(name.startswith("sklm_watcher_poll_latency") for name, _ in found)
     assert {k: v for k, v in found.items() if k[0] == "sklm_watcher_events_total"} == {
         s("events_total", type=t): 0.0 for t in EVENT_TYPES

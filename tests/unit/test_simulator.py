@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -11,14 +13,17 @@ from typing import Any
 
 import pytest
 
+from watcher.errors import SimulatorError, WatcherError
 from watcher.phases import Phase
 from watcher.simulator import (
     Mode,
+    RestoreRunning,
     RestoreScript,
     Scenario,
     ScenarioError,
     ServerSpec,
     SimulatedServer,
+    TlsUnavailableError,
     add_arguments,
     load_scenario,
     make_tls,
@@ -388,8 +393,31 @@ def test_make_tls() -> None:
     ca_pem, context, fingerprint = make_tls()
     assert ca_pem.startswith(b"-----BEGIN CERTIFICATE-----")
     assert context.get_ca_certs() == []
-    assert len(fingerprint) == 64
-    assert int(fingerprint, 16) >= 0
+    for hostname in ("127.0.0.1", "localhost"):
+        # The pin is the certificate the context presents, verified against the CA.
+        leaf = _handshake(context, ca_pem, hostname)
+        assert fingerprint == hashlib.sha256(leaf).hexdigest()
+
+
+def _handshake(server: ssl.SSLContext, ca_pem: bytes, hostname: str) -> bytes:
+    """Run a TLS handshake in memory (no socket); return the server's DER cert."""
+    trusting = ssl.create_default_context(cadata=ca_pem.decode("ascii"))
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = trusting.wrap_bio(to_client, to_server, server_hostname=hostname)
+    served = server.wrap_bio(to_server, to_client, server_side=True)
+    for _ in range(10):
+        finished = 0
+        for side in (client, served):
+            try:
+                side.do_handshake()
+                finished += 1
+            except ssl.SSLWantReadError:
+                pass
+        if finished == 2:
+            break
+    leaf = client.getpeercert(binary_form=True)
+    assert leaf is not None
+    return leaf
 
 
 def test_make_tls_without_trustme(monkeypatch) -> None:
@@ -397,3 +425,15 @@ def test_make_tls_without_trustme(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "trustme", None)
     with pytest.raises(RuntimeError, match=r"sklm-watcher\[simulator\]"):
         make_tls()
+
+
+def test_simulator_errors_join_the_tree() -> None:
+    """The simulator's errors are WatcherErrors, keeping the bases callers caught."""
+    assert issubclass(SimulatorError, WatcherError)
+    for error, also in (
+        (ScenarioError, ValueError),
+        (RestoreRunning, RuntimeError),
+        (TlsUnavailableError, RuntimeError),
+    ):
+        assert issubclass(error, SimulatorError)
+        assert issubclass(error, also)

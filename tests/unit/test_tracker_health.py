@@ -45,9 +45,20 @@ T0 = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
 )
 def test_health_of(state: ServerState, expected: Health):
     """Auth failure wins; an expected restart until reported overdue; failing; unknown."""
-    label = health_of(state)
-    assert label is expected
-    assert isinstance(label, str)
+    assert health_of(state) is expected
+
+
+def test_health_words_are_the_contract() -> None:
+    """The words /status and ``status --json`` print are pinned, one per health."""
+    assert {h.name: str(h) for h in Health} == {
+        "OK": "ok",
+        "UNREACHABLE": "unreachable",
+        "RESTARTING": "restarting",
+        "AUTH_FAILED": "auth_failed",
+        "TLS_ERROR": "tls_error",
+        "PROTOCOL_ERROR": "protocol_error",
+        "UNKNOWN": "unknown",
+    }
 
 
 def test_no_state_is_unknown() -> None:

@@ -11,20 +11,24 @@ from typing import Any
 
 import pytest
 
-from watcher.config import ServerConfig, SinkConfig
-from watcher.events import Event, format_time, stable_id
-from watcher.journal import GENESIS_HASH, Journal
-from watcher.phases import Phase
-from watcher.tracker import Failure, Health, Observation, ServerState, step
-from watcher.views import (
+from watcher.audit import (
     ANCHOR_MISMATCH,
     CHANGED,
+    GENESIS_HASH,
     LAST_MISMATCH,
     NO_PREVHASH,
     NOT_JSON,
     REMOVED_OR_REORDERED,
     AuditFault,
     AuditVerdict,
+    verify_audit,
+)
+from watcher.config import ServerConfig, SinkConfig
+from watcher.events import Event, format_time, stable_id
+from watcher.phases import Phase
+from watcher.store.sqlite import SqliteStore as Journal
+from watcher.tracker import Failure, Health, Observation, ServerState, step
+from watcher.views import (
     FollowPhase,
     FollowView,
     Outcome,
@@ -37,7 +41,6 @@ from watcher.views import (
     render_follow,
     render_table,
     restores,
-    verify_audit,
 )
 
 T0 = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)

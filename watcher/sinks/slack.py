@@ -178,8 +178,15 @@ def _summary(event: Event) -> str:
             return f"server back after its post-restore restart (away {away}{late})"
         case EventType.AUTH_FAILED:
             detail = _detail(event)
-            said = f"{detail}; " if detail else ""
-            return f"login rejected: {said}check the configured username and password"
+            if not detail:
+                return "login rejected: check the configured username and password"
+            # The client's reason already starts "login rejected the credentials...".
+            said = (
+                detail
+                if detail.startswith("login rejected")
+                else f"login rejected: {detail}"
+            )
+            return f"{said}; check the configured username and password"
         case EventType.AUTH_RECOVERED:
             failed_for = data.get("failed_for")
             if failed_for is None:

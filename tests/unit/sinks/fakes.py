@@ -2,45 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
-import anyio
-import anyio.lowlevel
 
 from watcher.events import Event, EventType
 
 #: A fixed instant for tests that do not verify signatures against the real time.
 T0 = datetime(2026, 11, 29, 10, 0, 0, tzinfo=UTC)
-
-
-class FakeClock:
-    """A virtual clock: ``sleep`` records the delay, advances time and yields once."""
-
-    def __init__(self, start: datetime = T0) -> None:
-        self.start = start
-        self.elapsed = 0.0
-        self.sleeps: list[float] = []
-
-    def now(self) -> datetime:
-        """Return the virtual wall-clock time."""
-        return self.start + timedelta(seconds=self.elapsed)
-
-    def monotonic(self) -> float:
-        """Return the virtual monotonic time."""
-        return 1000.0 + self.elapsed
-
-    def advance(self, seconds: float) -> None:
-        """Move virtual time forward without sleeping."""
-        self.elapsed += seconds
-
-    async def sleep(self, seconds: float) -> None:
-        """Record the delay, advance virtual time and let other tasks run."""
-        self.sleeps.append(seconds)
-        self.elapsed += max(0.0, seconds)
-        await anyio.lowlevel.checkpoint()
 
 
 def completed_event(at: datetime = T0) -> Event:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import trustme
 
-from watcher.config import Secret, SinkConfig, load_config
+from watcher.config import Secret, SinkConfig
+from watcher.configfile import load_config
 from watcher.sinks.email import EmailSink
 from watcher.sinks.syslog import SEVERITIES, SyslogSink
 

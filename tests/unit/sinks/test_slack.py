@@ -3,7 +3,8 @@ import json
 import pytest
 from aioresponses import aioresponses
 
-from tests.unit.sinks.fakes import T0, FakeClock, completed_event, mock_post
+from tests.clock import VirtualClock
+from tests.unit.sinks.fakes import T0, completed_event, mock_post
 from watcher.config import Secret, SinkConfig
 from watcher.errors import DeliveryError
 from watcher.events import Event, EventType
@@ -175,7 +176,7 @@ async def test_posts_the_rendered_message(session) -> None:
     event = completed_event()
     with aioresponses() as mocked:
         mock_post(mocked, URL, status=200, body="ok")
-        await _sink(session, FakeClock()).deliver(event)
+        await _sink(session, VirtualClock.auto()).deliver(event)
     [[call]] = mocked.requests.values()
     assert json.loads(call.kwargs["data"]) == render(event)
     assert call.kwargs["allow_redirects"] is False
@@ -203,7 +204,7 @@ async def test_slack_errors_are_classified(
     with aioresponses() as mocked:
         mock_post(mocked, URL, status=status, body=body, headers=headers)
         with pytest.raises(DeliveryError) as caught:
-            await _sink(session, FakeClock()).deliver(completed_event())
+            await _sink(session, VirtualClock.auto()).deliver(completed_event())
     error = caught.value
     assert (error.permanent, error.retry_after) == (permanent, retry_after)
     assert error.detail == f"HTTP {status} {body}".strip()
@@ -215,13 +216,13 @@ async def test_unexpected_body_is_not_quoted(session) -> None:
     with aioresponses() as mocked:
         mock_post(mocked, URL, status=404, body=f"no route for {URL}")
         with pytest.raises(DeliveryError) as caught:
-            await _sink(session, FakeClock()).deliver(completed_event())
+            await _sink(session, VirtualClock.auto()).deliver(completed_event())
     assert caught.value.detail == "HTTP 404"
 
 
 async def test_rate_limit_spaces_messages(session) -> None:
     """Messages are at least min_interval apart; time already passed counts."""
-    clock = FakeClock()
+    clock = VirtualClock.auto()
     sink = _sink(session, clock, min_interval=2.0)
     with aioresponses() as mocked:
         mock_post(mocked, URL, status=200, repeat=True)
@@ -239,7 +240,7 @@ async def test_rate_limit_spaces_messages(session) -> None:
 
 async def test_failed_posts_count_against_the_rate_limit(session) -> None:
     """A rejected POST still spaces the next one (Slack counts every request)."""
-    clock = FakeClock()
+    clock = VirtualClock.auto()
     sink = _sink(session, clock, min_interval=1.0)
     with aioresponses() as mocked:
         mock_post(mocked, URL, status=500)
@@ -252,7 +253,7 @@ async def test_failed_posts_count_against_the_rate_limit(session) -> None:
 
 async def test_zero_min_interval_sends_at_once(session) -> None:
     """With min_interval 0 (set explicitly) messages are not spaced."""
-    clock = FakeClock()
+    clock = VirtualClock.auto()
     sink = _sink(session, clock, min_interval=0.0)
     with aioresponses() as mocked:
         mock_post(mocked, URL, status=200, repeat=True)

@@ -69,6 +69,10 @@ def test_detail_is_escaped() -> None:
          "sklm-2: login rejected: CTGKM6003E login rejected; check the configured username and password"),
         (EventType.AUTH_FAILED, {"phase": "IDLE"},
          "sklm-2: login rejected: check the configured username and password"),
+        # The client's own words are not repeated after a "login rejected:" of ours.
+        (EventType.AUTH_FAILED,
+         {"detail": "login rejected the credentials of user 'SKLMAdmin': HTTP 401 CTGKM6003E", "phase": "IDLE"},
+         "sklm-2: login rejected the credentials of user 'SKLMAdmin': HTTP 401 CTGKM6003E; check the configured username and password"),
         (EventType.AUTH_RECOVERED, {"phase": "IDLE", "since": "2026-11-29T09:48:00.000Z", "failed_for": 725.0},
          "sklm-2: login accepted again (rejected for 12m 05s)"),
         (EventType.AUTH_RECOVERED, {"phase": "IDLE", "failed_for": None},

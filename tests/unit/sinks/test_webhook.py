@@ -9,7 +9,8 @@ import pytest
 from aioresponses import aioresponses
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from tests.unit.sinks.fakes import FakeClock, completed_event, mock_post
+from tests.clock import VirtualClock
+from tests.unit.sinks.fakes import completed_event, mock_post
 from watcher.config import Secret, SinkConfig
 from watcher.errors import ConfigError, DeliveryError
 from watcher.sinks.webhook import WebhookSink
@@ -33,7 +34,7 @@ def _config(*secrets: str, **kwargs) -> SinkConfig:
 def clock():
     """A fake clock at the real time (signatures are checked against it)."""
     # Webhook.verify compares the timestamp with the real time (5 min tolerance).
-    return FakeClock(datetime.now(UTC))
+    return VirtualClock.auto(datetime.now(UTC))
 
 
 def _sent(mocked) -> tuple[bytes, dict[str, str], dict[str, Any]]:

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_config import SERVER, make_ca_file, write
+from tests.unit.test_configfile import SERVER, make_ca_file, write
 from watcher.config import (
     PAGERDUTY_DEFAULT_EVENTS,
     SLACK_DEFAULT_EVENTS,
     Secret,
     SinkConfig,
-    load_config,
 )
+from watcher.configfile import load_config
 from watcher.errors import ConfigError
 
 ROUTING_KEY = "0123456789abcdef0123456789ABCDEF"
