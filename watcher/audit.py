@@ -147,6 +147,12 @@ class AuditWriter:
         self.position: AuditPosition | None = None
         #: The file's size after our last write (a smaller one was truncated).
         self._size = 0
+        #: ``(seq, auditseq, prevhash)`` of each line appended or caught up since
+        #: the store last took them (it remembers them: the event stream replays
+        #: them). A failed append's lines stay: the catch-up that follows writes
+        #: those events with the same numbers and hashes (the chain is
+        #: deterministic from the same last line), or finds them already there.
+        self.written: list[tuple[int, int, str]] = []
 
     @property
     def is_open(self) -> bool:
@@ -186,13 +192,16 @@ class AuditWriter:
                 "the audit log is not open", hint="this is a bug: report it"
             )
         lines: list[str] = []
+        written: list[tuple[int, int, str]] = []
         index, previous = position.index, position.hash
-        for _, text in new:
+        for seq, text in new:
             index += 1
+            written.append((seq, index, previous))
             line = chain_line(text, index, previous)
             previous = line_hash(line.encode("utf-8"))
             lines.append(line + "\n")
         data = "".join(lines).encode("utf-8")
+        self.written.extend(written)
         try:
             _write_all(fd, data)
             os.fsync(fd)
@@ -293,6 +302,7 @@ class AuditWriter:
         for seq, text in source.events_after(start.seq):
             last_seq = seq
             index += 1
+            self.written.append((seq, index, previous))
             line = chain_line(text, index, previous)
             previous = line_hash(line.encode("utf-8"))
             batch.append(line + "\n")

@@ -21,7 +21,7 @@ import anyio
 import structlog
 
 from watcher import __version__, logs, schema
-from watcher.config import Config, Listen, ServerConfig
+from watcher.config import Config, Listen, ServerConfig, WatcherSettings
 from watcher.configfile import PartialConfig, load_config, load_config_lenient
 from watcher.errors import ConfigError, ConfigProblem, SklmError, WatcherError
 
@@ -601,7 +601,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
     config = partial.config
     names = [s.name for s in config.servers]
     now = datetime.now(UTC)
-    rows = _status_from_daemon(config.watcher.listen, now)
+    rows = _status_from_daemon(
+        config.watcher.listen, now, _listen_authorization(config.watcher)
+    )
     if rows is None:
         # No daemon listening: the state database (saved on every transition).
         running = _daemon_running(config.watcher.state_dir)
@@ -628,12 +630,27 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _listen_authorization(settings: WatcherSettings) -> str | None:
+    """The ``Authorization`` header for our own daemon's ``listen``, if it needs one."""
+    import base64
+
+    if settings.listen_token:
+        return f"Bearer {settings.listen_token.reveal()}"
+    if settings.listen_username and settings.listen_password:
+        pair = f"{settings.listen_username}:{settings.listen_password.reveal()}"
+        return "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
+    return None
+
+
 def _status_from_daemon(
-    listen: Listen | None, now: datetime
+    listen: Listen | None, now: datetime, authorization: str | None = None
 ) -> list[ServerStatusRow] | None:
-    """Rows from a running daemon's ``/status`` (fresher than the database), or None."""
+    """Rows from a running daemon's ``/status`` (fresher than the database), or None.
+
+    ``authorization``: the header its ``listen`` credentials need (None: none).
+    """
     from urllib.error import URLError
-    from urllib.request import urlopen
+    from urllib.request import Request, urlopen
 
     from watcher import schema, views
     from watcher.events import parse_time
@@ -641,7 +658,10 @@ def _status_from_daemon(
     if listen is None:
         return None
     try:
-        with urlopen(f"http://{listen}/status", timeout=2) as response:
+        request = Request(f"http://{listen}/status")
+        if authorization is not None:
+            request.add_header("Authorization", authorization)
+        with urlopen(request, timeout=2) as response:  # noqa: S310 - http:// only
             document = json.loads(response.read())
     except (URLError, OSError, ValueError):
         return None

@@ -173,6 +173,18 @@ class WatcherSettings:
     #: Seconds a delivered or suppressed outbox row is kept (0 = forever). The
     #: events themselves are the history and are never pruned.
     outbox_retention: float = 7 * 86400.0
+    #: A bearer token every path of ``listen`` but ``/healthz`` then requires
+    #: (``listen_token`` / ``_env`` / ``_file``).
+    listen_token: Secret | None = None
+    #: With ``listen_password``: HTTP Basic, what a browser asks for.
+    listen_username: str | None = None
+    listen_password: Secret | None = None
+
+    @property
+    def listen_auth(self) -> bool:
+        """Whether ``listen`` requires credentials (a token, or Basic)."""
+        basic = bool(self.listen_username) and bool(self.listen_password)
+        return bool(self.listen_token) or basic
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,7 @@ from watcher.config import (
     SYSLOG_FACILITIES,
     TEAMS_MIN_INTERVAL,
     Config,
+    Listen,
     Secret,
     ServerConfig,
     SinkConfig,
@@ -70,6 +71,23 @@ _PASSWORD_KEYS: Final = ("password", "password_env", "password_file")
 _URL_KEYS: Final = ("url", "url_env", "url_file")
 _SIGNING_KEYS: Final = ("secret", "secret_env", "secret_file")
 _ROUTING_KEY_KEYS: Final = ("routing_key", "routing_key_env", "routing_key_file")
+#: How the inline-secret warning names each secret (the SMTP password otherwise).
+_INLINE_SECRET_NAMES: Final = {
+    "routing_key": "routing key",
+    "listen_token": "listen token",
+    "listen_password": "listen password",
+}
+_LISTEN_TOKEN_KEYS: Final = ("listen_token", "listen_token_env", "listen_token_file")
+_LISTEN_PASSWORD_KEYS: Final = (
+    "listen_password",
+    "listen_password_env",
+    "listen_password_file",
+)
+_LISTEN_AUTH_KEYS: Final = (
+    *_LISTEN_TOKEN_KEYS,
+    *_LISTEN_PASSWORD_KEYS,
+    "listen_username",
+)
 #: Keys every sink type takes.
 _SINK_COMMON_KEYS: Final = frozenset(
     {"name", "type", "events", "servers", "timeout", "max_age", "min_interval"}
@@ -812,13 +830,70 @@ class _Loader:
         if table is None:
             return None
         entries = self.fields("watcher", table, _WATCHER_CHECKS)
-        values = {key: value for key, (_, value) in entries.items()}
-        if _BAD in values.values():
+        self.exclusive(entries, _LISTEN_TOKEN_KEYS)
+        self.exclusive(entries, _LISTEN_PASSWORD_KEYS)
+        auth = self.listen_auth(entries)
+        values = {
+            key: value
+            for key, (_, value) in entries.items()
+            if key not in _LISTEN_AUTH_KEYS
+        }
+        if _BAD in values.values() or auth is None:
             return None
         for key in ("state_dir", "audit_log"):
             if key in values:
                 values[key] = self.config_path(values[key])
-        return WatcherSettings(**values)
+        return WatcherSettings(**values, **auth)
+
+    def listen_auth(self, entries: _Entries) -> dict[str, Any] | None:
+        """``listen``'s credentials (None: a problem was found).
+
+        A non-loopback ``listen`` without any is a problem: the dashboard shows
+        server names and restore state to whoever can connect.
+        """
+        token = self.sink_secret("watcher", entries, _LISTEN_TOKEN_KEYS, "")
+        password = self.sink_secret("watcher", entries, _LISTEN_PASSWORD_KEYS, "")
+        username = entries.get("listen_username", ("", None))[1]
+        if token is _BAD or password is _BAD or username is _BAD:
+            return None
+        ok = True
+        if password is not None and username is None:
+            self.problem(
+                "watcher.listen_username",
+                "missing: listen_password needs listen_username (HTTP Basic)",
+            )
+            ok = False
+        if username is not None and password is None:
+            self.problem(
+                "watcher.listen_password",
+                "missing: listen_username needs listen_password_env, "
+                "listen_password_file or listen_password (HTTP Basic)",
+            )
+            ok = False
+        listen = entries.get("listen", ("", None))[1]
+        if (
+            isinstance(listen, Listen)
+            and not listen.is_loopback
+            and token is None
+            and password is None
+            and username is None
+        ):
+            self.problem(
+                "watcher.listen",
+                f"{listen} is not a loopback address: the dashboard and API would "
+                "show the fleet to anyone who can connect; set listen_token_env or "
+                "listen_token_file (a bearer token), or listen_username with "
+                "listen_password_env or listen_password_file (HTTP Basic), or "
+                "listen on 127.0.0.1",
+            )
+            ok = False
+        if not ok:
+            return None
+        return {
+            "listen_token": token,
+            "listen_username": username,
+            "listen_password": password,
+        }
 
     # -- [defaults] and [[servers]] ---------------------------------------------
 
@@ -1203,7 +1278,7 @@ class _Loader:
         if source == group[0] and isinstance(secret, Secret):
             # As for an inline SKLM password (issue 11): the file is read by more
             # people and tools than a credential is, and ends up in backups.
-            what = "routing key" if source == "routing_key" else "SMTP password"
+            what = _INLINE_SECRET_NAMES.get(source, "SMTP password")
             self.warnings.append(
                 f"{key}: the {what} is written in the configuration file; prefer "
                 f"{source}_env or {source}_file (a systemd credential)"
@@ -1529,6 +1604,13 @@ _WATCHER_CHECKS: Final[dict[str, _Check]] = {
     "drain_timeout": _Loader.seconds_or_zero,
     "jitter": _Loader.fraction,
     "outbox_retention": _Loader.seconds_or_zero,
+    "listen_token": _Loader.inline_secret,
+    "listen_token_env": _Loader.env_name,
+    "listen_token_file": _Loader.file_path,
+    "listen_username": _Loader.text,
+    "listen_password": _Loader.inline_secret,
+    "listen_password_env": _Loader.env_name,
+    "listen_password_file": _Loader.file_path,
 }
 _SERVER_CHECKS: Final[dict[str, _Check]] = {
     "username": _Loader.text,

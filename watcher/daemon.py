@@ -31,11 +31,12 @@ from watcher.errors import ConfigError, JournalError
 from watcher.events import Event
 from watcher.notify import SystemdNotifier
 from watcher.scheduler import Fleet, WatchStats
-from watcher.service import Heartbeat, LatencyHistogram, StatusServer
+from watcher.service import Heartbeat, HttpAuth, LatencyHistogram, StatusServer
 from watcher.sinks import build_sink
 from watcher.sinks.base import Sink, close_sinks
 from watcher.store.base import PRUNE_LIMIT, OutboxSummary, Store
 from watcher.store.sqlite import SqliteStore
+from watcher.stream import EventStream
 from watcher.tracker import ServerState
 
 log = structlog.get_logger(__name__)
@@ -231,6 +232,9 @@ class Daemon:
         self._latency = {"ok": LatencyHistogram(), "failed": LatencyHistogram()}
         #: Where the status endpoint listens, once it does: (host, port).
         self.listening: tuple[str, int] | None = None
+        #: The dashboard's live event stream, while the status server runs.
+        self.stream: EventStream | None = None
+        self._status_server: StatusServer | None = None
 
     async def run(self) -> None:
         """Run until :meth:`stop`, SIGTERM or SIGINT, then shut down cleanly."""
@@ -322,9 +326,21 @@ class Daemon:
                     if config.watcher.listen:
                         heartbeat = Heartbeat()
                         tg.start_soon(heartbeat.run)
-                        status_server = StatusServer(
-                            self, version=__version__, heartbeat=heartbeat
+                        position = journal.audit_position()
+                        stream = EventStream(
+                            journal, start_after=position.index if position else 0
                         )
+                        self.stream = stream
+                        tg.start_soon(stream.run)
+                        status_server = StatusServer(
+                            self,
+                            version=__version__,
+                            heartbeat=heartbeat,
+                            store=journal,
+                            stream=stream,
+                            auth=_http_auth(config),
+                        )
+                        self._status_server = status_server
                         host, port = config.watcher.listen
                         self.listening = await status_server.start(host, port)
                     fleet_scope = anyio.CancelScope()
@@ -411,6 +427,9 @@ class Daemon:
     def _wake(self) -> None:
         if self._dispatcher is not None:
             self._dispatcher.wake()
+        if self.stream is not None:
+            # Right after the journal: the dashboard sees the event within the second.
+            self.stream.notify()
 
     def _sink_configs(self, config: Config) -> list[SinkConfig]:
         extra = [SinkConfig(name=name, type="log") for name in self._extra_sinks]
@@ -487,6 +506,16 @@ class Daemon:
                 key="watcher",
                 reason="state_dir and audit_log changes need a restart; ignored",
             )
+        if new.watcher.listen != old.watcher.listen:
+            log.warning(
+                RELOAD_PROBLEM,
+                key="watcher.listen",
+                reason="a listen change needs a restart; ignored",
+            )
+        if self._status_server is not None:
+            # Credentials apply at once: a rotated token or password must not keep
+            # the old one valid until a restart.
+            self._status_server.set_auth(_http_auth(new))
         for warning in new.warnings:
             log.warning(CONFIG_WARNING, detail=warning)
         self.config = new
@@ -619,6 +648,16 @@ def _changes(
         changed=[
             name for name, item in after.items() if before.get(name, item) != item
         ],
+    )
+
+
+def _http_auth(config: Config) -> HttpAuth:
+    """``[watcher]``'s listen credentials (none configured: an empty HttpAuth)."""
+    settings = config.watcher
+    return HttpAuth(
+        token=settings.listen_token,
+        username=settings.listen_username,
+        password=settings.listen_password,
     )
 
 

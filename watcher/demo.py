@@ -28,6 +28,7 @@ from typing import Any, Final, TextIO
 
 import anyio
 
+from watcher.config import Listen
 from watcher.configfile import load_config
 from watcher.daemon import Daemon
 from watcher.events import Event, EventType
@@ -43,6 +44,10 @@ from watcher.simulator import (
 
 #: The demo ends by itself after this long even if an outcome never showed.
 MAX_SECONDS: Final = 55.0
+
+#: Where the demo's dashboard listens: loopback, on a port the system picks (so two
+#: demos, or a demo beside a running daemon, never collide).
+DASHBOARD_LISTEN: Final = Listen("127.0.0.1", 0)
 
 _MARKS: Final = {
     EventType.RESTORE_STARTED: "▶ restore started",
@@ -262,6 +267,9 @@ async def _run_in(
         # The generated file has no [[sinks]] (the demo adds its console), so the
         # loader's "no sinks" warning does not apply here.
         config = replace(load_config(config_file), warnings=())
+        config = replace(
+            config, watcher=replace(config.watcher, listen=DASHBOARD_LISTEN)
+        )
         console = ConsoleSink(out, started_at)
         names = [s.name for s in config.servers]
         how = (
@@ -274,7 +282,6 @@ async def _run_in(
             f"state in {workdir}",
             file=out,
         )
-        print("Events as the watcher records them (Ctrl-C ends early):\n", file=out)
         daemon = Daemon(
             config, extra_sinks={console.name: console}, handle_signals=False
         )
@@ -283,16 +290,24 @@ async def _run_in(
             for spec in scenario.servers
         }
         code: int | None = None
+        dashboard = "not listening yet"
         async with anyio.create_task_group() as tg:
             tg.start_soon(daemon.run)
             with interrupt.guard(anyio.CancelScope()), anyio.move_on_after(MAX_SECONDS):
+                dashboard = await _dashboard_url(daemon)
+                print(f"dashboard: {dashboard} (live while the demo runs)", file=out)
+                print(
+                    "Events as the watcher records them (Ctrl-C ends early):\n",
+                    file=out,
+                    flush=True,
+                )
                 while not _all_seen(console.seen, expected):
                     await console.changed.wait()
             if interrupt.signum is None and keep_running:
                 # Reported while the daemon runs on: the audit log is read up to
                 # its last complete line.
                 code = _report(out, workdir, names, simulator.truth)
-                _say_keep_running(out, workdir, config_file)
+                _say_keep_running(out, workdir, config_file, dashboard)
                 with interrupt.guard(anyio.CancelScope()):
                     await anyio.sleep_forever()
                 print("\nStopped.", file=out)
@@ -368,10 +383,25 @@ def _report_interrupted(
     )
 
 
-def _say_keep_running(out: TextIO, workdir: Path, config_file: Path) -> None:
+async def _dashboard_url(daemon: Daemon) -> str:
+    """The dashboard's address, once the daemon listens (it binds before it polls)."""
+    # The daemon picks the port (DASHBOARD_LISTEN asks for any free one) and says
+    # which in ``listening``; it binds before the first poll, so this is short. No
+    # event to wait on exists before run() has begun (wait_started() raises then),
+    # hence the poll. If the daemon fails to start, its task's error cancels it.
+    while daemon.listening is None:  # noqa: ASYNC110
+        await anyio.sleep(0.01)
+    host, port = daemon.listening
+    return f"http://{host}:{port}/"
+
+
+def _say_keep_running(
+    out: TextIO, workdir: Path, config_file: Path, dashboard: str
+) -> None:
     print(
         "\n--keep-running: the watcher goes on watching the simulated fleet; "
         "Ctrl-C ends it.\n"
+        f"  dashboard:   {dashboard}\n"
         f"  audit log:   {workdir / 'state' / 'events.jsonl'}\n"
         f"  look at it:  sklm-watcher status -c {config_file}",
         file=out,

@@ -19,12 +19,15 @@ Stable: fields are added, never renamed or removed. Times are :func:`format_time
      "restore_id": str | null, "restore_active": bool, "restore_since": time | null,
      "last_ok_at": time | null, "failures": int,
      "last_error": str | null, "last_failure": "unreachable" | "protocol" | "tls"
-     | "auth" | null, "daemon_running": bool | null, "as_of": time | null}
+     | "auth" | null, "daemon_running": bool | null, "as_of": time | null,
+     "stalled": bool}
 
     ``last_error`` is the latest failed poll's reason in words (whole; the table's
     REASON column shortens it); ``daemon_running`` whether a daemon holds the
     state directory's lock (null: unknown); ``as_of`` the time of the data shown
-    (the daemon's answer, or the newest state the journal holds).
+    (the daemon's answer, or the newest state the journal holds); ``stalled``
+    whether the running restore outlasted ``stall_after`` in its current phase
+    (``sklm.restore.stalled`` was sent; :func:`is_stalled`).
 
 ``/status`` servers (:func:`daemon_server_json`): the daemon's own names for the
 same facts (``name``, ``since``, ``consecutive_failures``, ``restore_started_at``)
@@ -39,6 +42,17 @@ reader of them.
      "duration": float | null, "last_phase": str | null,
      "phases_observed": int, "phases_inferred": int, "restarted": bool,
      "reason": str | null}
+
+``/api/restores/<restore_id>`` (:func:`restore_detail_json`)::
+
+    {"restore": <a restores object>,
+     "phases": [{"phase": str, "code": int, "inferred": bool, "entered_at": time,
+                 "left_at": time | null, "duration": float | null,
+                 "bracket": {"before": time | null, "after": time | null}}],
+     "events": [<CloudEvents object>, ...]}
+
+    ``bracket``: for an inferred phase, the two real polls around it (the last
+    answer before it and the poll that revealed it); both null for an observed one.
 
 ``events``: each event's CloudEvents object (``Event.to_dict()``, as webhooks get it).
 
@@ -150,6 +164,8 @@ class StatusRecord(Protocol):
     def daemon_running(self) -> bool | None: ...  # noqa: D102
     @property
     def as_of(self) -> datetime | None: ...  # noqa: D102
+    @property
+    def stalled(self) -> bool: ...  # noqa: D102
 
 
 class RestoreRecord(Protocol):
@@ -325,7 +341,17 @@ def status_json(row: StatusRecord) -> dict[str, Any]:
         "last_failure": row.last_failure,
         "daemon_running": row.daemon_running,
         "as_of": optional_time(row.as_of),
+        "stalled": row.stalled,
     }
+
+
+def is_stalled(state: ServerState) -> bool:
+    """Whether ``state``'s running restore is reported stalled in its current phase.
+
+    The same test as the ``restore_stalled`` metric: a restore waiting for the
+    server's restart after COMPLETED is not stalled.
+    """
+    return state.restore_active and state.stall_reported and not state.awaiting_restart
 
 
 def daemon_server_json(
@@ -352,6 +378,7 @@ def daemon_server_json(
         "last_latency": stats.last_latency if stats else None,
         "polls_ok": stats.polls_ok if stats else 0,
         "polls_failed": stats.polls_failed if stats else 0,
+        "stalled": is_stalled(state),
     }
 
 
@@ -408,6 +435,8 @@ def status_fields_from_daemon(
         "last_failure": text("last_failure"),
         "daemon_running": True,
         "as_of": as_of,
+        # Absent from an older daemon's /status: not known to be stalled.
+        "stalled": bool(field("stalled")),
     }
 
 
@@ -428,6 +457,61 @@ def restore_json(row: RestoreRecord) -> dict[str, Any]:
         "phases_inferred": row.phases_inferred,
         "restarted": row.restarted,
         "reason": row.reason,
+    }
+
+
+class DetailPhaseRecord(Protocol):
+    """What :func:`detail_phase_json` reads (``views.DetailPhase``)."""
+
+    @property
+    def phase(self) -> Phase: ...  # noqa: D102
+    @property
+    def inferred(self) -> bool: ...  # noqa: D102
+    @property
+    def entered_at(self) -> datetime: ...  # noqa: D102
+    @property
+    def left_at(self) -> datetime | None: ...  # noqa: D102
+    @property
+    def duration(self) -> float | None: ...  # noqa: D102
+    @property
+    def poll_before(self) -> datetime | None: ...  # noqa: D102
+    @property
+    def poll_after(self) -> datetime | None: ...  # noqa: D102
+
+
+class DetailRecord(Protocol):
+    """What :func:`restore_detail_json` reads (``views.RestoreDetail``)."""
+
+    @property
+    def restore(self) -> RestoreRecord: ...  # noqa: D102
+    @property
+    def phases(self) -> Sequence[DetailPhaseRecord]: ...  # noqa: D102
+    @property
+    def events(self) -> Sequence[Event]: ...  # noqa: D102
+
+
+def detail_phase_json(phase: DetailPhaseRecord) -> dict[str, Any]:
+    """One element of the restore detail's ``phases`` (brackets null if observed)."""
+    return {
+        "phase": phase.phase.name,
+        "code": int(phase.phase),
+        "inferred": phase.inferred,
+        "entered_at": format_time(phase.entered_at),
+        "left_at": optional_time(phase.left_at),
+        "duration": phase.duration,
+        "bracket": {
+            "before": optional_time(phase.poll_before),
+            "after": optional_time(phase.poll_after),
+        },
+    }
+
+
+def restore_detail_json(detail: DetailRecord) -> dict[str, Any]:
+    """The ``/api/restores/<restore_id>`` object (module docstring)."""
+    return {
+        "restore": restore_json(detail.restore),
+        "phases": [detail_phase_json(p) for p in detail.phases],
+        "events": [e.to_dict() for e in detail.events],
     }
 
 

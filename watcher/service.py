@@ -1,4 +1,9 @@
-"""The optional HTTP endpoint: ``/healthz``, ``/metrics`` (Prometheus) and ``/status``.
+"""The optional HTTP endpoint: ``/healthz``, ``/metrics`` (Prometheus), ``/status``.
+
+It also mounts the dashboard (:mod:`watcher.dashboard`: pages, assets, the JSON API
+and the event stream) and guards every path alike: GET only, the security headers
+on every response, and, when ``[watcher]`` sets credentials, a bearer token or HTTP
+Basic on everything but ``/healthz`` (:class:`HttpAuth`).
 
 ``[watcher] listen = "127.0.0.1:9464"`` starts a :class:`StatusServer` inside the
 daemon, on the daemon's event loop. It reads everything from a :class:`StatusSource`
@@ -18,13 +23,16 @@ daemon pings from the same loop (``watcher.notify``).
 
 from __future__ import annotations
 
+import base64
+import hmac
 import json
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import accumulate, pairwise
+from pathlib import Path
 from typing import Any, Final, Protocol
 
 import anyio
@@ -41,9 +49,12 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 
 from watcher import schema
-from watcher.config import is_loopback
+from watcher.config import Secret, is_loopback
+from watcher.dashboard import Dashboard
 from watcher.errors import ConfigError, ConfigProblem, JournalError
 from watcher.events import EventType
+from watcher.store.base import Store
+from watcher.stream import EventStream
 from watcher.tracker import ServerState, health_of
 
 log = structlog.get_logger(__name__)
@@ -65,6 +76,70 @@ OUTBOX_TIMEOUT: Final = 2.0
 _METRIC_PREFIX: Final = "sklm_watcher_"
 _TEXT: Final = "text/plain; charset=utf-8"
 _NO_STORE: Final = {"Cache-Control": "no-store"}
+
+#: Headers on every response: the dashboard runs only its own scripts and styles,
+#: loads nothing from elsewhere, and cannot be framed.
+SECURITY_HEADERS: Final = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; "
+    "style-src 'self'; img-src 'self' data:; connect-src 'self'; font-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+#: The only path answered without credentials when authentication is configured.
+_OPEN_PATHS: Final = frozenset({"/healthz"})
+_REALM: Final = 'Basic realm="sklm-watcher"'
+
+
+@dataclass(frozen=True, slots=True)
+class HttpAuth:
+    """Who may read the status server: a bearer token and/or HTTP Basic.
+
+    Args:
+        token: ``Authorization: Bearer <token>`` is accepted.
+        username: With ``password``: HTTP Basic (what a browser asks for).
+        password: The Basic password.
+    """
+
+    token: Secret | None = None
+    username: str | None = None
+    password: Secret | None = None
+
+    @property
+    def basic(self) -> bool:
+        """Whether HTTP Basic is configured."""
+        return bool(self.username) and bool(self.password)
+
+    @property
+    def configured(self) -> bool:
+        """Whether any credential is configured."""
+        return bool(self.token) or self.basic
+
+    def allows(self, header: str | None) -> bool:
+        """Whether an ``Authorization`` header carries a configured credential."""
+        if not header:
+            return False
+        scheme, _, value = header.strip().partition(" ")
+        value = value.strip()
+        if scheme.lower() == "bearer" and self.token:
+            return _same(value, self.token.reveal())
+        if scheme.lower() == "basic" and self.basic:
+            try:
+                decoded = base64.b64decode(value, validate=True).decode("utf-8")
+            except ValueError:
+                return False
+            user, sep, password = decoded.partition(":")
+            expected = self.password.reveal() if self.password else ""
+            # Both compared, always: no early exit tells which one was wrong.
+            same_user = _same(user, self.username or "")
+            same_password = _same(password, expected)
+            return bool(sep) and same_user and same_password
+        return False
+
+
+def _same(given: str, expected: str) -> bool:
+    # Constant time: the comparison does not tell how much of a guess was right.
+    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
 
 
 # --- what the daemon provides ---------------------------------------------------------
@@ -550,6 +625,10 @@ class StatusServer:
         stall_after: Seconds without a heartbeat that make ``/healthz`` fail.
         outbox_timeout: Seconds to wait for the journal's outbox summary.
         now: The wall clock ``/status`` stamps its ``as_of`` with (tests inject one).
+        store: The journal the dashboard's history and outbox views read.
+        stream: The live event stream (``/api/events/stream``).
+        auth: Credentials every path but ``/healthz`` then requires.
+        assets: The dashboard's pages and assets (default: the package's).
     """
 
     def __init__(
@@ -561,14 +640,24 @@ class StatusServer:
         stall_after: float = STALL_AFTER,
         outbox_timeout: float = OUTBOX_TIMEOUT,
         now: Callable[[], datetime] | None = None,
+        store: Store | None = None,
+        stream: EventStream | None = None,
+        auth: HttpAuth | None = None,
+        assets: Path | None = None,
     ) -> None:
         self._source = source
+        self._auth = auth if auth is not None and auth.configured else None
+        self._stream = stream
         self._now = now or _wall_clock
         self._version = version
         self._heartbeat = heartbeat
         self._stall_after = stall_after
         self._outbox_timeout = outbox_timeout
         self._runner: web.AppRunner | None = None
+        extra = {} if assets is None else {"assets": assets}
+        self._dashboard = Dashboard(
+            states=self._states, store=store, stream=stream, now=self._now, **extra
+        )
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Listen on ``host``:``port`` (0: any free port); return the bound address.
@@ -580,10 +669,14 @@ class StatusServer:
         """
         if self._runner is not None:
             raise RuntimeError("the status server is already started")
-        app = web.Application()
+        app = web.Application(middlewares=[self._guard])
+        # A signal, not the middleware: it also reaches responses a handler sends
+        # itself (the event stream) and aiohttp's own (404).
+        app.on_response_prepare.append(_secure)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/status", self._status)
+        self._dashboard.add_routes(app)
         # No access log: a scrape every few seconds is not news (and aiohttp's
         # logger is stdlib logging, outside our structlog setup).
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -606,17 +699,27 @@ class StatusServer:
         self._runner = runner
         bound_host, bound_port = runner.addresses[0][:2]
         log.info(SERVICE_LISTENING, host=bound_host, port=bound_port)
-        if not is_loopback(host):
+        if not is_loopback(host) and self._auth is None:
+            # The configuration loader refuses this for ``run``; only a caller that
+            # builds the server in code gets here without credentials.
             log.warning(
                 SERVICE_EXPOSED,
                 host=host,
-                detail="/status and /metrics show server names and restore state "
-                "to anyone who can connect; prefer a loopback address",
+                detail="the dashboard, /status and /metrics show server names and "
+                "restore state to anyone who can connect; configure listen "
+                "authentication or use a loopback address",
             )
         return str(bound_host), int(bound_port)
 
+    def set_auth(self, auth: HttpAuth | None) -> None:
+        """Require these credentials from the next request on (a reload)."""
+        self._auth = auth if auth is not None and auth.configured else None
+
     async def close(self) -> None:
         """Stop listening; idempotent."""
+        if self._stream is not None:
+            # Open event streams would otherwise hold the shutdown.
+            self._stream.close()
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
@@ -652,6 +755,34 @@ class StatusServer:
             loop_lag=heartbeat.lag if heartbeat is not None else None,
             at=self._now(),
         )
+
+    def _states(self) -> Mapping[str, ServerState]:
+        # A copy taken on the loop: the dashboard renders it in a worker thread.
+        return dict(self._source.states())
+
+    @web.middleware
+    async def _guard(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        """Read-only, authenticated, and the security headers on every answer."""
+        response: web.StreamResponse
+        if request.method not in ("GET", "HEAD"):
+            response = _text(405, "read-only: only GET\n")
+            response.headers["Allow"] = "GET, HEAD"
+        elif (
+            self._auth is not None
+            and request.path not in _OPEN_PATHS
+            and not self._auth.allows(request.headers.get("Authorization"))
+        ):
+            response = _text(401, "authentication required\n")
+            response.headers["WWW-Authenticate"] = (
+                _REALM if self._auth.basic else 'Bearer realm="sklm-watcher"'
+            )
+        else:
+            response = await handler(request)
+        return response
 
     async def _read_outbox(self) -> tuple[tuple[SinkBacklog, ...] | None, str | None]:
         with anyio.move_on_after(self._outbox_timeout):
@@ -694,6 +825,10 @@ class StatusServer:
             return _text(500, "internal error; see the daemon's log\n")
         headers = {"Content-Type": "application/json; charset=utf-8", **_NO_STORE}
         return web.Response(body=body, headers=headers)
+
+
+async def _secure(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.update(SECURITY_HEADERS)
 
 
 def _wall_clock() -> datetime:

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, ClassVar, Final, Protocol, TextIO
 
 from watcher import schema
-from watcher.events import Event, EventType, format_time
+from watcher.events import Event, EventType, format_time, parse_time
 from watcher.phases import Phase
 from watcher.store.base import History
 from watcher.tracker import Health, ServerState, health_of
@@ -117,6 +117,8 @@ class ServerStatusRow:
     daemon_running: bool | None = None
     #: When the data shown was true (the daemon's answer or the newest stored state).
     as_of: datetime | None = None
+    #: The running restore outlasted ``stall_after`` in its phase (reported stalled).
+    stalled: bool = False
 
     @property
     def step(self) -> str | None:
@@ -188,29 +190,45 @@ def fleet_status(
                 ServerStatusRow(server=name, health=Health.UNKNOWN, as_of=as_of)
             )
             continue
-        since = state.phase_since_at
-        rows.append(
-            ServerStatusRow(
-                server=name,
-                health=health_of(state),
-                phase=state.phase,
-                phase_since=since,
-                in_phase_for=schema.in_phase_for(since, now),
-                restore_id=state.restore_id,
-                restore_active=state.restore_active,
-                restore_since=state.restore_started_at
-                if state.restore_active
-                else None,
-                last_ok_at=state.last_ok_at,
-                failures=state.consecutive_failures,
-                last_error=state.last_error,
-                last_failure=None
-                if state.last_failure is None
-                else str(state.last_failure),
-                as_of=as_of,
-            )
-        )
+        rows.append(status_row(name, state, now=now, as_of=as_of))
     return rows
+
+
+def status_row(
+    name: str,
+    state: ServerState,
+    *,
+    now: datetime,
+    as_of: datetime | None,
+    daemon_running: bool | None = None,
+) -> ServerStatusRow:
+    """One server's status row from its tracker state (stored or the daemon's).
+
+    Args:
+        name: The server's name.
+        state: Its tracker state.
+        now: The instant ``in_phase_for`` is measured to.
+        as_of: When ``state`` was true.
+        daemon_running: Whether a daemon runs (None: unknown).
+    """
+    since = state.phase_since_at
+    return ServerStatusRow(
+        server=name,
+        health=health_of(state),
+        phase=state.phase,
+        phase_since=since,
+        in_phase_for=schema.in_phase_for(since, now),
+        restore_id=state.restore_id,
+        restore_active=state.restore_active,
+        restore_since=state.restore_started_at if state.restore_active else None,
+        last_ok_at=state.last_ok_at,
+        failures=state.consecutive_failures,
+        last_error=state.last_error,
+        last_failure=None if state.last_failure is None else str(state.last_failure),
+        daemon_running=daemon_running,
+        as_of=as_of,
+        stalled=schema.is_stalled(state),
+    )
 
 
 def with_daemon(
@@ -389,6 +407,84 @@ def restores(
     if since is not None:
         rows = [r for r in rows if r.ended_at is None or r.ended_at >= since]
     return rows
+
+
+# --- one restore (the dashboard's timeline) --------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DetailPhase:
+    """One phase of one restore, with the polls that bracket an inferred one."""
+
+    phase: Phase
+    inferred: bool
+    #: The poll that revealed it (an upper bound for an inferred phase).
+    entered_at: datetime
+    #: When the next phase (or the failure) was seen; None while current.
+    left_at: datetime | None
+    duration: float | None
+    #: Inferred only: the last answer before it and the poll that revealed it.
+    poll_before: datetime | None = None
+    poll_after: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreDetail:
+    """One restore: its row, its phases and its events (``/api/restores/<id>``)."""
+
+    restore: RestoreRow
+    phases: tuple[DetailPhase, ...]
+    events: tuple[Event, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """The stable JSON form (:func:`watcher.schema.restore_detail_json`)."""
+        return schema.restore_detail_json(self)
+
+
+def restore_detail(journal: History, restore_id: str) -> RestoreDetail | None:
+    """The restore ``restore_id`` from the stored events; None when none has it."""
+    found = journal.events()
+    group = next((g for g in _gather(found) if g.restore_id == restore_id), None)
+    if group is None:
+        return None
+    row = group.row()
+    phases = []
+    for follow, e in zip(
+        _follow_phases(group.phases, row.ended_at),
+        (e for e in group.phases if _phase(e) is not None),
+        strict=True,
+    ):
+        left = (
+            None
+            if follow.duration is None
+            else follow.entered_at + timedelta(seconds=follow.duration)
+        )
+        before = after = None
+        if follow.inferred:
+            before = _instant(e.data.get("previous_poll_at"))
+            after = _instant(e.data.get("poll_at")) or e.time
+        phases.append(
+            DetailPhase(
+                phase=follow.phase,
+                inferred=follow.inferred,
+                entered_at=follow.entered_at,
+                left_at=left,
+                duration=follow.duration,
+                poll_before=before,
+                poll_after=after,
+            )
+        )
+    mine = tuple(e for e in found if e.data.get("restore_id") == restore_id)
+    return RestoreDetail(restore=row, phases=tuple(phases), events=mine)
+
+
+def _instant(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return parse_time(value)
+    except ValueError:
+        return None
 
 
 # --- events ---------------------------------------------------------------------

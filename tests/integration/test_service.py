@@ -312,6 +312,7 @@ async def test_status(serve, source):
                 "last_latency": 0.02,
                 "polls_ok": 7,
                 "polls_failed": 0,
+                "stalled": False,
             },
             {
                 "name": "sklm-2",
@@ -331,6 +332,7 @@ async def test_status(serve, source):
                 "last_latency": 1.5,
                 "polls_ok": 2,
                 "polls_failed": 3,
+                "stalled": False,
             },
         ],
         "outbox": [
@@ -386,9 +388,9 @@ async def test_a_broken_source_gives_500_and_a_log(serve, source, logs):
 
 
 async def test_only_get_and_known_paths(serve):
-    """Unknown paths are 404 and other methods 405."""
+    """Unknown paths are 404 and other methods 405 (``/`` is the dashboard now)."""
     get = await serve()
-    assert (await get("/"))[0] == 404
+    assert (await get("/no-such-page"))[0] == 404
     assert (await get("/healthz", method="POST"))[0] == 405
     assert (await get("/healthz", method="HEAD"))[0] == 200
 

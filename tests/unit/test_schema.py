@@ -215,7 +215,8 @@ def test_status_line() -> None:
         ' "restore_active": true, "restore_since": "2026-11-29T10:00:10.000Z",'
         ' "last_ok_at": "2026-11-29T10:00:10.000Z", "failures": 1,'
         ' "last_error": "connection refused", "last_failure": "unreachable",'
-        ' "daemon_running": false, "as_of": "2026-11-29T10:00:20.000Z"}'
+        ' "daemon_running": false, "as_of": "2026-11-29T10:00:20.000Z",'
+        ' "stalled": false}'
     )
     assert row.to_json() == schema.status_json(row)
 
@@ -243,7 +244,7 @@ def test_daemon_status_line() -> None:
         ' "awaiting_restart": false, "consecutive_failures": 1,'
         ' "last_ok_at": "2026-11-29T10:00:10.000Z", "last_error": "connection refused",'
         ' "last_failure": "unreachable", "last_poll_at": "2026-11-29T10:00:20.000Z",'
-        ' "last_latency": 0.25, "polls_ok": 2, "polls_failed": 1}'
+        ' "last_latency": 0.25, "polls_ok": 2, "polls_failed": 1, "stalled": false}'
     )
 
 

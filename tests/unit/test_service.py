@@ -428,6 +428,7 @@ def test_status_document_of_a_fleet():
                 "last_latency": 0.012,
                 "polls_ok": 40,
                 "polls_failed": 0,
+                "stalled": False,
             },
             {
                 "name": "sklm-b",
@@ -447,6 +448,7 @@ def test_status_document_of_a_fleet():
                 "last_latency": 0.25,
                 "polls_ok": 12,
                 "polls_failed": 1,
+                "stalled": False,
             },
             {
                 "name": "sklm-c",
@@ -466,6 +468,7 @@ def test_status_document_of_a_fleet():
                 "last_latency": 2.5,
                 "polls_ok": 9,
                 "polls_failed": 2,
+                "stalled": False,
             },
             {
                 "name": "sklm-d",
@@ -485,6 +488,7 @@ def test_status_document_of_a_fleet():
                 "last_latency": 0.04,
                 "polls_ok": 0,
                 "polls_failed": 5,
+                "stalled": False,
             },
         ],
         "outbox": [
@@ -529,6 +533,7 @@ def test_status_of_a_server_without_stats():
             "last_latency": None,
             "polls_ok": 0,
             "polls_failed": 0,
+            "stalled": False,
         }
     ]
     assert (document["healthy"], document["problem"]) == (

@@ -190,6 +190,7 @@ def test_fleet_status_rows(journal: Journal) -> None:
             restore_since=at(0),
             last_ok_at=at(120),
             as_of=stored,
+            stalled=True,
         ),
         ServerStatusRow(
             server="gone-1",
@@ -249,6 +250,7 @@ def test_status_json_and_text(journal: Journal) -> None:
         "last_failure": None,
         "daemon_running": None,
         "as_of": format_time(stored),
+        "stalled": True,
     }
     assert rows[1].to_json()["health"] == "auth_failed"
     assert plain(rows) == (

@@ -28,6 +28,7 @@ Scenario file (TOML)::
     latency = 0.0                            # seconds added to every response
     error_rate = 0.0                         # fraction of progress answers that fault
     faults = ["json_500", "html_200", "html_500", "truncated"]  # also "json_404"
+    fault_message = "..."                    # the text of a json_500 / json_404 fault
     seed = 1                                 # fault randomness (default: server index)
     tklm_version = "4.2.1.0"
     port = 0                                 # 0: any free port
@@ -130,6 +131,9 @@ class ServerSpec:
     latency: float = 0.0
     error_rate: float = 0.0
     faults: tuple[str, ...] = DEFAULT_FAULTS
+    #: The ``message`` text of a JSON fault after its CTGKM id (None: the stock one);
+    #: hostile text here shows how the watcher's views treat what SKLM says.
+    fault_message: str | None = None
     seed: int = 0
     tklm_version: str = "4.2.1.0"
     port: int = 0
@@ -214,6 +218,7 @@ _SERVER_KEYS: Final = frozenset(
         "latency",
         "error_rate",
         "faults",
+        "fault_message",
         "seed",
         "tklm_version",
         "port",
@@ -399,6 +404,12 @@ class _ScenarioReader:
                     fields[text_key] = value
                 else:
                     self.problem(table.key(text_key), "expected a non-empty string")
+        value = table.get("fault_message", None)
+        if value is not None:
+            if isinstance(value, str) and value:
+                fields["fault_message"] = value
+            else:
+                self.problem(table.key("fault_message"), "expected a non-empty string")
         value = table.get("watcher_password", None)
         if value is not None:
             if isinstance(value, str) and value:

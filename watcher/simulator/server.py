@@ -20,7 +20,8 @@ Wire behaviour (``<base>`` is the server's ``api_base``, ``/SKLM/rest/v1`` by de
   (the default), ``"ctgkm"`` IBM's ``{"code": "CTGKM6005E", "message": ...}``
   (as a real server was seen to), ``"json"`` JSON without a CTGKM id, ``"empty"``
   no body at all. With ``error_rate``, that fraction of progress answers is a
-  fault instead (see ``faults``).
+  fault instead (see ``faults``); ``fault_message`` replaces the text of the JSON
+  ones.
 - ``GET <base>/ckms/restore/result`` → ``{"code": "-1"|"0"|"1"}``: -1 after a (re)start
   until a restore ends, 0 after a completed one, 1 after a failed one.
 - ``GET <base>/ckms/versionInfo`` → ``{"tklm_version": "4.2.1.0"}``.
@@ -532,12 +533,16 @@ class SimulatedServer:
     def _fault(self, segment: Segment) -> web.Response:
         kind = self._rng.choice(self.spec.faults)
         self.faults[kind] += 1
+        message = self.spec.fault_message
         if kind == "json_500":
             return self._error(
-                500, ("CTGKM0999E", "An internal error occurred (simulated).")
+                500,
+                ("CTGKM0999E", message or "An internal error occurred (simulated)."),
             )
         if kind == "json_404":
-            return self._error(404, ("CTGKM0998E", "The request failed (simulated)."))
+            return self._error(
+                404, ("CTGKM0998E", message or "The request failed (simulated).")
+            )
         if kind in ("html_200", "html_500"):
             status = 200 if kind == "html_200" else 500
             page = "<!DOCTYPE html><html><head><title>IBM Security Key Lifecycle Manager</title>"

@@ -34,6 +34,8 @@ T = TypeVar("T")
 #: Outbox rows one :meth:`Store.prune_outbox` call deletes at most (one short
 #: transaction); call again while it returns this many.
 PRUNE_LIMIT: Final = 10_000
+#: Audit lines one :meth:`History.events_since` call returns at most by default.
+EVENTS_SINCE_LIMIT: Final = 1_000
 
 
 class OutboxStatus(StrEnum):
@@ -94,6 +96,16 @@ class Silence:
     def to_json(self) -> dict[str, Any]:
         """``silence list --json`` (:func:`watcher.schema.silence_json`)."""
         return schema.silence_json(self)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditLine:
+    """One event as the audit log holds it: its ``auditseq`` and the whole line."""
+
+    #: The line's number since the log began (``watcher.audit``; no gaps).
+    auditseq: int
+    #: The CloudEvents JSON with ``auditseq`` and ``prevhash``, byte for byte.
+    line: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +181,12 @@ class History(Protocol):
         since: datetime | None = None,
     ) -> list[Event]:
         """Return stored events in store order, optionally filtered."""
+        ...
+
+    def events_since(
+        self, auditseq: int, limit: int = EVENTS_SINCE_LIMIT
+    ) -> list[AuditLine]:
+        """Return the audit lines after ``auditseq``, oldest first, at most ``limit``."""
         ...
 
 

@@ -7,6 +7,8 @@ does (its file, lock, schema, audit-file repair) is in ``tests/unit/test_journal
 
 from __future__ import annotations
 
+import itertools
+import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -520,3 +522,43 @@ def test_prune_outbox_works_in_batches(store: Store) -> None:
     assert store.prune_outbox(at(11), limit=2) == 2
     assert store.prune_outbox(at(11), limit=2) == 1
     assert store.prune_outbox(at(11), limit=2) == 0
+
+
+# --- the audit lines (the dashboard's event stream replays them) ----------------------
+
+
+def test_events_since_returns_chained_audit_lines_after_a_position(
+    open_store: Callable[..., Store],
+) -> None:
+    """Every recorded event comes back as its audit line, in order, chained, paged."""
+    from watcher.audit import line_hash
+
+    events = [event("a", n) for n in range(1, 6)]
+    store = open_store()
+    store.record("a", {}, events[:3])
+    store.record("b", {}, [])
+    store.record("a", {}, events[3:])
+
+    lines = store.events_since(0)
+    assert [line.auditseq for line in lines] == [1, 2, 3, 4, 5]
+    for line, e in zip(lines, events, strict=True):
+        body = json.loads(line.line)
+        assert body.pop("auditseq") == line.auditseq
+        body.pop("prevhash")
+        assert body == e.to_dict()
+    for before, after in itertools.pairwise(lines):
+        assert json.loads(after.line)["prevhash"] == line_hash(before.line.encode())
+    assert store.events_since(3) == lines[3:]
+    assert store.events_since(1, limit=2) == lines[1:3]
+    assert store.events_since(5) == []
+
+    # Re-derived (duplicate) events add no line; a reopened store continues.
+    store.record("a", {}, events[:1])
+    store.close()
+    reopened = open_store()
+    later = event("a", 6)
+    reopened.record("a", {}, [later])
+    assert reopened.events_since(0)[:5] == lines
+    (last,) = reopened.events_since(5)
+    assert last.auditseq == 6
+    assert json.loads(last.line)["prevhash"] == line_hash(lines[-1].line.encode())

@@ -15,11 +15,11 @@ from datetime import datetime
 from fnmatch import fnmatchcase
 from typing import Any, Final
 
-from watcher.audit import AuditPosition
+from watcher.audit import AuditPosition, chain_line
 from watcher.config import SinkConfig
 from watcher.errors import JournalError
 from watcher.events import Event
-from watcher.store.base import OutboxStatus, Silence
+from watcher.store.base import AuditLine, OutboxStatus, Silence
 from watcher.store.sqlite import silences
 from watcher.store.sqlite.schema import from_us, to_us
 
@@ -219,3 +219,26 @@ def save_position(conn: sqlite3.Connection, position: AuditPosition) -> None:
     conn.execute(_SAVE_META, ("audit_last_seq", str(position.seq)))
     conn.execute(_SAVE_META, ("audit_last_index", str(position.index)))
     conn.execute(_SAVE_META, ("audit_last_hash", position.hash))
+
+
+def save_lines(
+    conn: sqlite3.Connection, written: Sequence[tuple[int, int, str]]
+) -> None:
+    """Remember each written audit line's ``auditseq`` and ``prevhash`` by ``seq``."""
+    conn.executemany(
+        "UPDATE events SET auditseq = ?, prevhash = ? WHERE seq = ?",
+        [(index, prevhash, seq) for seq, index, prevhash in written],
+    )
+
+
+def lines_since(conn: sqlite3.Connection, auditseq: int, limit: int) -> list[AuditLine]:
+    """The audit lines after ``auditseq``, oldest first, at most ``limit``."""
+    rows = conn.execute(
+        "SELECT auditseq, prevhash, json FROM events WHERE auditseq > ? "
+        "ORDER BY auditseq LIMIT ?",
+        (auditseq, limit),
+    ).fetchall()
+    return [
+        AuditLine(auditseq=index, line=chain_line(text, index, prevhash))
+        for index, prevhash, text in rows
+    ]

@@ -40,7 +40,7 @@ log = structlog.get_logger(__name__)
 
 #: The schema this code writes. A database at an older version is migrated on open
 #: by ``_MIGRATIONS``; a newer one is refused (a downgrade must not corrupt it).
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 DB_NAME: Final = "state.sqlite3"
 LOCK_NAME: Final = "lock"
 #: How long a writer waits for another connection's write lock (CLI vs daemon).
@@ -75,6 +75,12 @@ _SILENCES_TABLE: Final = """CREATE TABLE silences (
         removed_by TEXT
     )"""
 
+#: Each event's audit line (``auditseq``, ``prevhash``), so the event stream can
+#: replay exact audit lines from the database (``events_since``).
+_AUDITSEQ_INDEX: Final = (
+    "CREATE INDEX events_auditseq ON events (auditseq) WHERE auditseq IS NOT NULL"
+)
+
 _SCHEMA: Final = (
     """CREATE TABLE meta (
         key TEXT PRIMARY KEY,
@@ -87,9 +93,12 @@ _SCHEMA: Final = (
         type TEXT NOT NULL,
         time INTEGER NOT NULL,
         restore_id TEXT,
-        json TEXT NOT NULL
+        json TEXT NOT NULL,
+        auditseq INTEGER,
+        prevhash TEXT
     )""",
     "CREATE INDEX events_server ON events (server, seq)",
+    _AUDITSEQ_INDEX,
     "CREATE INDEX events_time ON events (time)",
     """CREATE TABLE server_state (
         server TEXT PRIMARY KEY,
@@ -119,6 +128,16 @@ _SCHEMA: Final = (
 )
 
 
+def _remember_audit_lines(conn: sqlite3.Connection) -> None:
+    # Older events keep NULL: they were never streamed, and no replay reaches them.
+    # Idempotent: a database marked older than its tables (tests build them so).
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+    for name, kind in (("auditseq", "INTEGER"), ("prevhash", "TEXT")):
+        if name not in columns:
+            conn.execute(f"ALTER TABLE events ADD COLUMN {name} {kind}")
+    conn.execute(_AUDITSEQ_INDEX.replace("INDEX", "INDEX IF NOT EXISTS", 1))
+
+
 def _add_silences(conn: sqlite3.Connection) -> None:
     conn.execute(_SILENCES_TABLE_V2)
 
@@ -133,6 +152,7 @@ def _keep_removed_silences(conn: sqlite3.Connection) -> None:
 _MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _add_silences,
     2: _keep_removed_silences,
+    3: _remember_audit_lines,
 }
 
 

@@ -50,7 +50,14 @@ from watcher.clock import Clock, SystemClock
 from watcher.config import SinkConfig
 from watcher.errors import JournalError
 from watcher.events import Event
-from watcher.store.base import PRUNE_LIMIT, OutboxRow, OutboxSummary, Silence
+from watcher.store.base import (
+    EVENTS_SINCE_LIMIT,
+    PRUNE_LIMIT,
+    AuditLine,
+    OutboxRow,
+    OutboxSummary,
+    Silence,
+)
 from watcher.store.sqlite import events as events_sql
 from watcher.store.sqlite import outbox, schema, silences
 from watcher.store.sqlite.events import AuditFeed
@@ -489,6 +496,18 @@ class SqliteStore:
                 conn, server=server, type_glob=type_glob, since=since
             )
 
+    def events_since(
+        self, auditseq: int, limit: int = EVENTS_SINCE_LIMIT
+    ) -> list[AuditLine]:
+        """The audit lines after ``auditseq``, oldest first, at most ``limit``.
+
+        Each is the audit log's line byte for byte (with ``auditseq`` and
+        ``prevhash``). Events stored before the schema remembered their lines
+        (version 4) are not included.
+        """
+        with self._reading("reading audit lines") as conn:
+            return events_sql.lines_since(conn, auditseq, limit)
+
     # --- audit log --------------------------------------------------------------------
 
     def audit_position(self) -> AuditPosition | None:
@@ -528,10 +547,17 @@ class SqliteStore:
         self._save_position(position)
 
     def _save_position(self, position: AuditPosition) -> None:
-        """Remember the last line in ``meta`` too (rotation while stopped)."""
+        """Remember the last line in ``meta`` too (rotation while stopped).
+
+        With it, each line just written (``events_since`` replays them).
+        """
+        written, self._audit.written = self._audit.written, []
         try:
             with self._writing("saving the audit log position") as conn:
                 events_sql.save_position(conn, position)
+                events_sql.save_lines(conn, written)
         except JournalError as exc:
-            # The line is written and memory is right; the next append saves again.
+            # The line is written and memory is right; the next append saves again
+            # (the lines' numbers too: they go back to be taken with the next).
+            self._audit.written[:0] = written
             log.warning(AUDIT_POSITION_UNSAVED, error=str(exc))
