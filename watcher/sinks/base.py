@@ -28,14 +28,17 @@ invalid URL                              permanent
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Final, Protocol, runtime_checkable
 
 import aiohttp
+import anyio
 
+from watcher.clock import Clock
 from watcher.errors import DeliveryError
 from watcher.events import Event
 
@@ -76,6 +79,29 @@ async def close_sinks(sinks: Iterable[Sink]) -> None:
     for sink in sinks:
         if isinstance(sink, ClosableSink):
             await sink.aclose()
+
+
+class Pacer:
+    """At most one send per ``interval`` seconds (Slack's and Teams' rate limits).
+
+    Every send counts, answered or not: the receiver counts the attempt.
+    """
+
+    def __init__(self, interval: float, clock: Clock) -> None:
+        self._interval = interval
+        self._clock = clock
+        self._next = -math.inf
+        self._lock = anyio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """Wait until a send is allowed and hold the turn while it is made."""
+        async with self._lock:
+            wait = self._next - self._clock.monotonic()
+            if wait > 0:
+                await self._clock.sleep(wait)
+            self._next = self._clock.monotonic() + self._interval
+            yield
 
 
 def parse_retry_after(value: str | None, now: datetime) -> float | None:

@@ -26,13 +26,12 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 import aiohttp
-import anyio
 
 from watcher.clock import Clock, SystemClock
 from watcher.config import SinkConfig
 from watcher.errors import ConfigError, ConfigProblem
 from watcher.events import Event, EventType, format_time
-from watcher.sinks.base import classify, post
+from watcher.sinks.base import Pacer, classify, post
 
 # Slack's error codes are short lower-case words; anything else in a body is not
 # quoted (it could echo something we should not log).
@@ -274,9 +273,7 @@ class SlackSink:
         self._config = config
         self._session = session
         self._clock: Clock = clock if clock is not None else SystemClock()
-        self._min_interval = config.min_interval
-        self._next_send = -math.inf
-        self._lock = anyio.Lock()
+        self._pacer = Pacer(config.min_interval, self._clock)
 
     @property
     def name(self) -> str:
@@ -291,12 +288,7 @@ class SlackSink:
                 error code in the message.
         """
         body = json.dumps(render(event), ensure_ascii=False).encode()
-        async with self._lock:
-            wait = self._next_send - self._clock.monotonic()
-            if wait > 0:
-                await self._clock.sleep(wait)
-            # Every POST counts against Slack's limit, whether it succeeds or not.
-            self._next_send = self._clock.monotonic() + self._min_interval
+        async with self._pacer.turn():
             status, headers, head = await post(
                 self.name,
                 self._session,

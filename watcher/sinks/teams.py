@@ -27,18 +27,16 @@ else of the answer does (it could echo the URL).
 from __future__ import annotations
 
 import json
-import math
 import re
 from typing import Any, Final
 
 import aiohttp
-import anyio
 
 from watcher.clock import Clock, SystemClock
 from watcher.config import SinkConfig
 from watcher.errors import ConfigError, ConfigProblem
 from watcher.events import Event, EventType, format_time
-from watcher.sinks.base import classify, post
+from watcher.sinks.base import Pacer, classify, post
 from watcher.sinks.slack import format_duration
 from watcher.sinks.text import TimelineRow, headline, timeline
 
@@ -220,8 +218,7 @@ class TeamsSink:
         self._config = config
         self._session = session
         self._clock: Clock = clock if clock is not None else SystemClock()
-        self._next_send = -math.inf
-        self._lock = anyio.Lock()
+        self._pacer = Pacer(config.min_interval, self._clock)
 
     @property
     def name(self) -> str:
@@ -238,12 +235,7 @@ class TeamsSink:
         body = render(event)
         headers = dict(self._config.headers)
         headers["Content-Type"] = "application/json; charset=utf-8"
-        async with self._lock:
-            wait = self._next_send - self._clock.monotonic()
-            if wait > 0:
-                await self._clock.sleep(wait)
-            # Every POST counts against the throttle, whether it succeeds or not.
-            self._next_send = self._clock.monotonic() + self._config.min_interval
+        async with self._pacer.turn():
             status, answer_headers, head = await post(
                 self.name,
                 self._session,
