@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 import structlog
 
+from tests.pgserver import PostgresServer, PostgresUnavailable
+
 # Variables that would silently change TLS trust or proxies under a test.
 _LEAKY_VARS = (
     "SSL_CERT_FILE",
@@ -52,3 +54,22 @@ def logs() -> Iterator[list[MutableMapping[str, Any]]]:
 def pytest_report_header() -> str:
     """Say which Python runs the suite (CI logs)."""
     return f"pid {os.getpid()}"
+
+
+@pytest.fixture(scope="session")
+def postgres_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL server for the whole run (skips where none exists)."""
+    try:
+        server = PostgresServer.start(tmp_path_factory.mktemp("postgres"))
+    except PostgresUnavailable as exc:
+        pytest.skip(str(exc))
+    with server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(postgres_server: PostgresServer) -> str:
+    """The URL of a fresh, empty database on the run's PostgreSQL server."""
+    return postgres_server.create_database()

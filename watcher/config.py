@@ -179,12 +179,24 @@ class WatcherSettings:
     #: With ``listen_password``: HTTP Basic, what a browser asks for.
     listen_username: str | None = None
     listen_password: Secret | None = None
+    #: The cluster store (``postgresql://...``, a secret: it may carry a password);
+    #: None keeps the embedded SQLite store in ``state_dir`` (issue 13).
+    store_url: Secret | None = None
+    #: This node's name in the cluster (default: the host name).
+    node_name: str = ""
+    #: Seconds a server's lease lasts without renewal (cluster only; from 1).
+    lease: float = 15.0
 
     @property
     def listen_auth(self) -> bool:
         """Whether ``listen`` requires credentials (a token, or Basic)."""
         basic = bool(self.listen_username) and bool(self.listen_password)
         return bool(self.listen_token) or basic
+
+    @property
+    def is_cluster(self) -> bool:
+        """Whether this node shares a PostgreSQL store with others (``store_url``)."""
+        return self.store_url is not None
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ Every error the package raises on purpose is a ``WatcherError``; foreign excepti
     │   ├── SklmAuthError                credentials rejected at login: a configuration problem
     │   └── SklmProtocolError            unexpected status, malformed or oversized body
     ├── JournalError                     the state database or the audit log failed
+    │   └── LeaseLost(server)            a cluster node no longer owns the server (fenced)
     ├── DeliveryError(sink)              one sink, one delivery attempt
     └── SimulatorError                   the built-in SKLM simulator (tests, demo)
         ├── ScenarioError(problems)      a scenario file is unusable; also ValueError
@@ -202,6 +203,28 @@ class JournalError(WatcherError):
             hint or "check free space and permissions of state_dir and audit_log"
         )
         super().__init__(f"{detail}; {self.hint}")
+
+
+class LeaseLost(JournalError):
+    """A fenced write was refused: another cluster node owns the server now.
+
+    Not transient: the write must never be retried by this node. The node stops
+    polling the server and drops what it held for it (the new owner re-derives
+    from the shared state; event ids are deterministic, so nothing is lost).
+
+    Args:
+        server: The server whose lease was lost.
+        detail: Who holds it now, or why it is gone (never a URL).
+    """
+
+    transient = False
+
+    def __init__(self, server: str, detail: str) -> None:
+        self.server = server
+        super().__init__(
+            f"{server}: lease lost: {detail}",
+            hint="another node polls this server now; nothing to do",
+        )
 
 
 class DeliveryError(WatcherError):

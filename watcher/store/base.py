@@ -280,3 +280,130 @@ class Store(Outbox, History, Protocol):
     def reopen_audit_log(self) -> None:
         """Reopen the audit log by its path (SIGHUP after logrotate moved it)."""
         ...
+
+
+# --- the cluster (issue 13): what a shared store adds ---------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """One server's lease: which node polls it, under which epoch, until when.
+
+    ``epoch`` grows by one at every change of owner; every write of the server's
+    state and events checks it (fencing), so a node that lost the lease cannot write.
+    ``expires_at`` is on the store's clock (PostgreSQL's ``now()``), never a node's.
+    """
+
+    server: str
+    node: str
+    epoch: int
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """What a node says of itself with every heartbeat."""
+
+    name: str
+    version: str
+    host: str
+    pid: int
+    started_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRow:
+    """A node as the store knows it (``sklm-watcher cluster``)."""
+
+    name: str
+    version: str
+    host: str
+    pid: int
+    started_at: datetime
+    #: The last heartbeat, on the store's clock.
+    heartbeat_at: datetime
+    #: Whether it heartbeat within one lease period (and did not leave).
+    alive: bool
+    #: Server leases it holds now (unexpired).
+    leases: int
+    #: When it left cleanly (``run`` stopped); None while it runs or after a crash.
+    left_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Takeover:
+    """A lease this node just took: from whom (None: nobody held it) and its epoch."""
+
+    server: str
+    epoch: int
+    previous_node: str | None
+    #: Whether the previous holder's lease had expired (a takeover, not a hand-off).
+    expired: bool
+
+
+class ClusterStore(Store, Protocol):
+    """A store shared by the nodes of a cluster: leases, heartbeats, fenced writes.
+
+    The store itself keeps the epochs of the leases this node holds; :meth:`record`
+    of a server this node does not hold (or whose epoch moved on) raises
+    :class:`~watcher.errors.LeaseLost` and writes nothing. Every lease instant is on
+    the store's clock.
+    """
+
+    @property
+    def node_name(self) -> str:
+        """This node's name."""
+        ...
+
+    @property
+    def lease_seconds(self) -> float:
+        """How long a lease lasts without renewal."""
+        ...
+
+    def heartbeat(self, info: NodeInfo) -> datetime:
+        """Say this node is alive (upsert its row); return the store's clock now."""
+        ...
+
+    def renew(self) -> set[str]:
+        """Extend every lease this node holds; return the servers still held.
+
+        A lease whose epoch is unchanged is renewed even if it expired meanwhile
+        (nobody took it over, so nobody else wrote); one taken over is dropped from
+        this node's epochs and left out of the answer.
+        """
+        ...
+
+    def take(self, servers: Sequence[str], limit: int) -> list[Takeover]:
+        """Take at most ``limit`` of ``servers`` that nobody holds or whose lease expired.
+
+        Each gets epoch + 1; the new epochs are remembered for :meth:`record`.
+        """
+        ...
+
+    def release(self, servers: Sequence[str]) -> None:
+        """Give up these leases now (rebalancing, or a clean stop): expired at once."""
+        ...
+
+    def leave(self) -> None:
+        """Release every lease and sink lease and mark this node left (clean stop)."""
+        ...
+
+    def held(self) -> dict[str, int]:
+        """The servers this node holds, with their epochs (no store access)."""
+        ...
+
+    def leases(self) -> list[Lease]:
+        """Every server lease in the store, by server."""
+        ...
+
+    def nodes(self) -> list[NodeRow]:
+        """Every node that ever heartbeat, by name."""
+        ...
+
+    def load_state(self, server: str) -> dict[str, Any] | None:
+        """The last stored state of one server (a new owner resumes from it)."""
+        ...
+
+    def export_audit(self, after: int = 0) -> list[AuditLine]:
+        """Every audit line after ``auditseq`` ``after``, oldest first (``audit export``)."""
+        ...
