@@ -6,7 +6,9 @@ Mounted by :class:`watcher.service.StatusServer` on ``[watcher] listen``:
   (history), ``/restores/{restore_id}`` (one restore's timeline);
 * ``/assets/{name}``: the files of the package directory ``watcher/assets/``;
 * the JSON API, the same JSON the CLI prints (built by :mod:`watcher.schema`):
-  ``/api/status`` (``status --json``), ``/api/restores`` (``restores --json``),
+  ``/api/status`` (``status --json``; ``?server=NAME``, repeatable, a name or a
+  glob as in ``/api/restores``: only those servers' rows, what the fleet page
+  refetches for an event), ``/api/restores`` (``restores --json``),
   ``/api/restores/{restore_id}`` (one restore's phases and events), ``/api/outbox``
   (``outbox --json``);
 * ``/api/events/stream``: Server-Sent Events (:mod:`watcher.stream`).
@@ -18,7 +20,10 @@ middlewares, so they cover every path alike.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
+import stat
 import threading
 import time
 import uuid
@@ -61,6 +66,9 @@ _JSON: Final = "application/json; charset=utf-8"
 _NO_CACHE: Final = {"Cache-Control": "no-cache"}
 #: API answers are of the moment.
 _NO_STORE: Final = {"Cache-Control": "no-store"}
+#: Rows of a ``/api/status?server=`` answer built on the event loop (~50 us each);
+#: more go to a worker thread, as the whole fleet does.
+ON_LOOP_ROWS: Final = 50
 #: ``/api/restores``'s ``limit`` when none is given, and its largest value.
 DEFAULT_LIMIT: Final = 500
 MAX_LIMIT: Final = 10_000
@@ -83,12 +91,27 @@ class StatusRenderer:
         # Two requests may render at once, in two worker threads: one cache.
         self._lock = threading.Lock()
 
-    def render(self, states: Mapping[str, ServerState], at: datetime) -> bytes:
-        """The ``status --json`` rows of ``states`` as of ``at`` (compact, HTML-safe)."""
-        with self._lock:
-            return self._render(states, at)
+    def render(
+        self,
+        states: Mapping[str, ServerState],
+        at: datetime,
+        *,
+        complete: bool = True,
+    ) -> bytes:
+        """The ``status --json`` rows of ``states`` as of ``at`` (compact, HTML-safe).
 
-    def _render(self, states: Mapping[str, ServerState], at: datetime) -> bytes:
+        Args:
+            states: The servers to render, in order.
+            at: The instant ``in_phase_for`` and ``as_of`` are measured to.
+            complete: ``states`` is the whole fleet: rows kept for servers not in it
+                are forgotten (False for a selection: the others stay cached).
+        """
+        with self._lock:
+            return self._render(states, at, complete)
+
+    def _render(
+        self, states: Mapping[str, ServerState], at: datetime, complete: bool
+    ) -> bytes:
         as_of = json.dumps(schema.format_time(at))
         parts = []
         rows = self._rows
@@ -100,7 +123,7 @@ class StatusRenderer:
             # repr of a finite float is its JSON (json.dumps uses float.__repr__).
             seconds = "null" if moving is None else repr(moving)
             parts.append(f"{cached[1]}{seconds}{cached[2]}{as_of}{cached[3]}")
-        if len(rows) > len(states):
+        if complete and len(rows) > len(states):
             for gone in rows.keys() - states.keys():
                 del rows[gone]
         return ("[" + ",".join(parts) + "]").encode("utf-8")
@@ -149,6 +172,9 @@ class Dashboard:
         self._stream = stream
         self._now = now
         self._assets = assets
+        # name -> (mtime_ns, size, body, ETag): pages and assets served from memory,
+        # revalidated by one stat (no file open, no thread hop per request).
+        self._files: dict[str, tuple[int, int, bytes, str]] = {}
 
     def add_routes(self, app: web.Application) -> None:
         """Register the pages, assets and API on ``app`` (GET only; HEAD follows)."""
@@ -169,31 +195,67 @@ class Dashboard:
         self, name: str
     ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def page(request: web.Request) -> web.StreamResponse:
-            return self._file(name)
+            return self._file(request, name)
 
         return page
 
     async def _asset(self, request: web.Request) -> web.StreamResponse:
-        return self._file(request.match_info["name"])
+        return self._file(request, request.match_info["name"])
 
-    def _file(self, name: str) -> web.StreamResponse:
+    def _file(self, request: web.Request, name: str) -> web.StreamResponse:
         # One path segment of a known type inside the assets directory: no "..",
         # no hidden files, nothing outside it.
         content_type = CONTENT_TYPES.get(Path(name).suffix.lower())
         if content_type is None or "/" in name or name.startswith("."):
             return _error(404, "no such asset")
-        path = self._assets / name
-        if not path.is_file():
+        found = self._read(name)
+        if found is None:
             return _error(404, "no such asset")
-        headers = {"Content-Type": content_type, **_NO_CACHE}
-        return web.FileResponse(path, headers=headers)
+        body, etag = found
+        headers = {"Content-Type": content_type, "ETag": etag, **_NO_CACHE}
+        # no-cache: the browser revalidates each load; an unchanged file is a 304.
+        if etag in _etags(request.headers.get("If-None-Match")):
+            return web.Response(status=304, headers=headers)
+        return web.Response(body=body, headers=headers)
+
+    def _read(self, name: str) -> tuple[bytes, str] | None:
+        """The file's bytes and ETag, read again only when it changed on disk."""
+        path = self._assets / name
+        try:
+            info = path.stat()
+        except OSError:
+            return None
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        cached = self._files.get(name)
+        if cached is not None and cached[:2] == (info.st_mtime_ns, info.st_size):
+            return cached[2], cached[3]
+        try:
+            body = path.read_bytes()
+        except OSError:
+            return None
+        etag = f'"{hashlib.sha256(body).hexdigest()[:32]}"'
+        self._files[name] = (info.st_mtime_ns, info.st_size, body, etag)
+        return body, etag
 
     # --- the JSON API -----------------------------------------------------------
 
     async def _api_status(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
         states, at = self._states(), self._now()
-        body = await anyio.to_thread.run_sync(self._status.render, states, at)
+        wanted = request.query.getall("server", [])
+        if not wanted:
+            body = await anyio.to_thread.run_sync(self._status.render, states, at)
+        else:
+            chosen = _select(states, wanted)
+            if len(chosen) <= ON_LOOP_ROWS:
+                # The page's per-event fetch: a few rows, built here (no thread
+                # hop, no wait for the cache's lock) on its path to the screen.
+                body = _rows_now(chosen, at)
+            else:
+                body = await anyio.to_thread.run_sync(
+                    functools.partial(self._status.render, chosen, at, complete=False)
+                )
         # The server's own time, for the benchmark and browser devtools.
         took = (time.perf_counter() - started) * 1000
         headers = {
@@ -271,6 +333,42 @@ class Dashboard:
             except ValueError:
                 return _error(400, "Last-Event-ID must be an auditseq (a number)")
         return await stream.serve(request, after=after)
+
+
+def _select(
+    states: Mapping[str, ServerState], wanted: list[str]
+) -> dict[str, ServerState]:
+    """The servers named by ``wanted`` (names, or globs matched in the fleet's order)."""
+    exact = {name for name in wanted if name in states}
+    globs = [p for p in wanted if p not in exact and any(c in p for c in "*?[")]
+    if not globs:
+        # The page's case: a few exact names, no scan of the fleet.
+        return {name: states[name] for name in wanted if name in exact}
+    return {
+        name: state
+        for name, state in states.items()
+        if name in exact or any(fnmatchcase(name, p) for p in globs)
+    }
+
+
+def _rows_now(states: Mapping[str, ServerState], at: datetime) -> bytes:
+    """``status --json`` rows of a few servers as of ``at``, without the cache."""
+    rows = (
+        _compact(
+            views.status_row(
+                name, state, now=at, as_of=at, daemon_running=True
+            ).to_json()
+        )
+        for name, state in states.items()
+    )
+    return ("[" + ",".join(rows) + "]").encode("utf-8")
+
+
+def _etags(header: str | None) -> set[str]:
+    """The entity tags of an ``If-None-Match`` header (weak ones compare equal)."""
+    if not header:
+        return set()
+    return {tag.strip().removeprefix("W/") for tag in header.split(",")}
 
 
 async def _json(document: Any) -> web.Response:

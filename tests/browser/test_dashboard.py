@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -304,3 +305,43 @@ def _luminance(css: str) -> float:
     """The rough lightness (0 to 1) of a computed ``rgb(r, g, b)`` colour."""
     r, g, b = (int(c) for c in css[css.index("(") + 1 : css.index(")")].split(",")[:3])
     return (0.2126 * r + 0.7152 * g + 0.0722 * b) / 255
+
+
+def test_an_event_refetches_only_the_rows_it_names(
+    board: Dashboard, open_page: Callable[[], WatchedPage]
+) -> None:
+    """While a restore runs, the page asks for its server's row, not the fleet's."""
+    watched = open_page()
+    page = watched.page
+    asked: list[str] = []
+    page.on(
+        "request",
+        lambda r: asked.append(r.url) if "/api/status" in r.url else None,
+    )
+    watched.goto(board.url + "/")
+    # The first fetch of every row, and the one after the stream opened.
+    watched.pump(
+        lambda: sum(1 for url in asked if urlsplit(url).query == "") >= 2,
+        timeout=20,
+        what="the page's two whole-fleet fetches",
+    )
+    start = len(asked)
+    board.start_restore("sklm-live")
+    page.wait_for_selector('[data-server="sklm-live"][data-phase="COMPLETED"]')
+    page.wait_for_selector(
+        '[data-server="sklm-live"][data-phase="IDLE"][data-health="ok"]'
+    )
+    during = asked[start:]
+    whole = [url for url in during if urlsplit(url).query == ""]
+    some = [parse_qs(urlsplit(url).query).get("server", []) for url in during]
+    # Each event named its server; the whole fleet was fetched at most once, by the
+    # page's once-a-minute reconciliation (a reload journals no event).
+    assert len(whole) <= 1, during
+    assert any(names == ["sklm-live"] for names in some), during
+    assert len(during) - len(whole) >= 3, during
+    row = next(r for r in board.api("/api/status") if r["server"] == "sklm-live")
+    shown = page.locator('[data-server="sklm-live"]')
+    assert shown.get_attribute("data-phase") == row["phase"]
+    assert shown.get_attribute("data-health") == row["health"]
+    expect(page.locator('#counts [data-count="restoring"]')).to_have_text("0")
+    watched.assert_clean()

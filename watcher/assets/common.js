@@ -45,11 +45,18 @@ export class ApiError extends Error {
 
 /** GET a JSON document from the daemon; throws ApiError on a non-2xx answer. */
 export async function getJSON(url) {
-  const resp = await fetch(url, {
-    headers: { Accept: "application/json" },
-    credentials: "same-origin",
-    cache: "no-store",
-  });
+  return readJSON(
+    fetch(url, {
+      headers: { Accept: "application/json" },
+      credentials: "same-origin",
+      cache: "no-store",
+    }),
+  );
+}
+
+/** The JSON of a fetch() already started; throws ApiError on a non-2xx answer. */
+export async function readJSON(pending) {
+  const resp = await pending;
   if (!resp.ok) {
     let message = `HTTP ${resp.status}`;
     try {

@@ -1,6 +1,9 @@
 // The fleet view (/): counts on top, one row per server, updated live.
-// Rows are keyed by server name and only changed rows touch the DOM, so a
-// 5,000-server fleet paints once from a DocumentFragment and then costs little.
+// Rows are keyed by server name and only changed rows touch the DOM. The whole
+// /api/status is fetched at the start and on every (re)connection of the stream;
+// an event refetches only its server's row (/api/status?server=NAME), so a
+// 5,000-server fleet journaling dozens of events a second costs the page (and the
+// daemon) a few rows per event, not 2 MB of JSON.
 import {
   FAILING_HEALTH,
   coalesce,
@@ -14,8 +17,8 @@ import {
   markReady,
   noteServerTime,
   parseTime,
+  readJSON,
   serverNow,
-  setData,
   setText,
   showError,
 } from "./common.js";
@@ -25,12 +28,14 @@ const emptyEl = document.getElementById("empty");
 const filterEl = document.getElementById("filter");
 const shownEl = document.getElementById("shown");
 
-/** server name -> { node, refs, sig, row } */
+/** server name -> { node, refs, sig, row, sev, phaseSince, restoreSince } */
 const rows = new Map();
+/** row node -> its entry (for the rows coming into view). */
+const byNode = new WeakMap();
 let order = [];
 let filterText = "";
 /** restore_id -> the restores --json row of a failed restore (its reason). */
-let failedRestores = new Map();
+const failedRestores = new Map();
 let needFailed = true;
 
 function failedRestore(row) {
@@ -85,17 +90,19 @@ function signature(row) {
   ].join("\u0001");
 }
 
-// One row, cloned for every server: cloneNode is far cheaper than building
-// ten elements by hand 5,000 times. Glyphs, tones and the "stalled" tag come
-// from CSS keyed on the row's data-* attributes, which keeps rows small.
+// One row, cloned for every server: cloneNode is far cheaper than building the
+// elements by hand 5,000 times. Eight elements a row: glyphs, tones, the
+// "stalled" tag and the progress bar are CSS keyed on attributes (the bar is the
+// step cell's ::before, sized by its aria-valuenow), which keeps rows small; a
+// <progress> would be a shadow tree per row.
 const TEMPLATE = (() => {
   const node = el("div", "server");
   node.setAttribute("role", "listitem");
   const prog = el("span", "progress-cell");
-  const bar = el("progress", "bar");
-  bar.max = 7;
-  bar.value = 0;
-  prog.append(bar, el("span", "step"));
+  prog.setAttribute("role", "progressbar");
+  prog.setAttribute("aria-valuemin", "0");
+  prog.setAttribute("aria-valuemax", "7");
+  prog.setAttribute("aria-valuenow", "0");
   node.append(
     el("span", "name"),
     el("span", "badge health"),
@@ -110,48 +117,69 @@ const TEMPLATE = (() => {
 
 function buildRow(name) {
   const node = TEMPLATE.cloneNode(true);
-  node.dataset.server = name;
-  const [nameEl, health, phase, prog, inPhase, since, reason] = node.children;
+  node.setAttribute("data-server", name);
+  const [nameEl, health, phase, progress, inPhase, since, reason] = node.children;
   nameEl.textContent = name;
   nameEl.title = name;
-  return {
+  const entry = {
     node,
-    refs: { health, phase, bar: prog.firstChild, step: prog.lastChild, inPhase, since, reason },
+    refs: { health, phase, progress, inPhase, since, reason },
     sig: "",
     row: null,
+    sev: -1,
+    asOf: -Infinity,
     phaseSince: NaN,
     restoreSince: NaN,
   };
+  byNode.set(node, entry);
+  return entry;
+}
+
+/** Set an attribute only when it changed (attributes, not dataset: cheaper). */
+function setAttr(node, name, value) {
+  if (node.getAttribute(name) !== value) node.setAttribute(name, value);
+}
+
+/** Set a property (title) only when it changed: an empty one adds no attribute. */
+function setTitle(node, value) {
+  if (node.title !== value) node.title = value;
 }
 
 function applyRow(entry, row) {
   const { node, refs } = entry;
   const stalled = row.stalled === true;
-  setData(node, "health", row.health || "unknown");
-  setData(node, "phase", row.phase || "");
-  setData(node, "stalled", stalled ? "true" : "false");
-  setData(node, "restoring", row.restore_active ? "true" : "false");
+  setAttr(node, "data-health", String(row.health || "unknown"));
+  setAttr(node, "data-phase", String(row.phase || ""));
+  setAttr(node, "data-stalled", stalled ? "true" : "false");
+  setAttr(node, "data-restoring", row.restore_active ? "true" : "false");
   const failed = failedRestore(row);
-  setData(node, "lastRestore", failed ? "failed" : "");
+  setAttr(node, "data-last-restore", failed ? "failed" : "");
   setText(refs.health, healthInfo(row.health).label);
   const failing = row.failures > 0 && FAILING_HEALTH.has(row.health);
-  setData(refs.health, "failures", failing ? `\u00d7${row.failures}` : "");
-  refs.health.title = failing ? `${row.failures} consecutive failed polls` : "";
+  setAttr(refs.health, "data-failures", failing ? `\u00d7${row.failures}` : "");
+  setTitle(refs.health, failing ? `${row.failures} consecutive failed polls` : "");
   setText(refs.phase, row.phase || "");
   const code = Number.isInteger(row.code) ? row.code : 0;
-  if (refs.bar.value !== code) refs.bar.value = code;
-  setText(refs.step, row.step || "");
+  setAttr(refs.progress, "aria-valuenow", String(code));
+  setText(refs.progress, row.step || "");
   setText(refs.reason, reasonText(row));
-  refs.reason.title = row.last_error || (failed && failed.reason) || "";
+  setTitle(refs.reason, row.last_error || (failed && failed.reason) || "");
   // The restore cell links to its timeline.
-  refs.since.textContent = "";
-  if (row.restore_id) {
-    const a = el("a", "restore-link");
-    a.href = `/restores/${encodeURIComponent(row.restore_id)}`;
-    a.title = row.restore_since ? `restore ${row.restore_id} since ${formatStamp(row.restore_since)}` : row.restore_id;
-    refs.since.append(a);
+  const link = refs.since.firstChild;
+  if (!row.restore_id) {
+    if (link) refs.since.textContent = "";
+  } else {
+    const a = link && link.nodeType === 1 ? link : el("a", "restore-link");
+    const href = `/restores/${encodeURIComponent(row.restore_id)}`;
+    if (a.getAttribute("href") !== href) a.setAttribute("href", href);
+    setTitle(a, row.restore_since ? `restore ${row.restore_id} since ${formatStamp(row.restore_since)}` : String(row.restore_id));
+    if (a !== link) {
+      refs.since.textContent = "";
+      refs.since.append(a);
+    }
   }
   entry.row = row;
+  entry.sev = severity(row);
   entry.phaseSince = row.phase ? parseTime(row.phase_since) : NaN;
   entry.restoreSince = parseTime(row.restore_since);
   tickRow(entry, serverNow());
@@ -198,9 +226,13 @@ function applyFilter() {
 
 // The first paint of a big fleet: the counts and the first rows (problems first)
 // go on screen at once, the rest follow in chunks between frames, so 5,000
-// servers show something in well under a second on a slow machine too.
-const FIRST_CHUNK = 150;
-const CHUNK = 2500;
+// servers show something in well under a second on a slow machine too, and the
+// page stays responsive while the rest is built. FIRST_CHUNK is more than a
+// screenful on a large monitor (a row is ~46 px); a CHUNK takes ~30-60 ms with its layout.
+// Every row is in the DOM at the end (find-in-page finds any server; rows off
+// screen skip layout and paint through content-visibility: auto).
+const FIRST_CHUNK = 60;
+const CHUNK = 500;
 
 function nextFrame() {
   // rAF alone never fires in a hidden tab; the timeout keeps the render going.
@@ -235,13 +267,17 @@ async function firstRender(list) {
       fragment.append(entry.node);
     }
     fleetEl.append(fragment);
-    if (i < sorted.length) {
-      await nextFrame();
-      // For the benchmark: the first rows have had a frame to paint in.
-      if (i === Math.min(sorted.length, FIRST_CHUNK)) performance.mark("fleet:first-rows");
-    }
+    if (i === Math.min(sorted.length, FIRST_CHUNK)) markFirstRows();
+    if (i < sorted.length) await nextFrame();
   }
   order = [...rows.values()];
+}
+
+/** The counts and the first screenful of rows are in the DOM (the benchmark's
+ * "first paint of the fleet" is the frame after this). */
+function markFirstRows() {
+  performance.mark("fleet:first-rows");
+  if (document.body.dataset.firstRows !== "true") document.body.dataset.firstRows = "true";
 }
 
 async function renderStatus(list) {
@@ -249,7 +285,7 @@ async function renderStatus(list) {
     await firstRender(list);
     emptyEl.hidden = true;
     if (filterText) applyFilter();
-    renderCounts(list);
+    renderCounts();
     return;
   }
   const seen = new Set();
@@ -261,6 +297,7 @@ async function renderStatus(list) {
       entry = buildRow(name);
       rows.set(name, entry);
     }
+    if (isStale(entry, row) || behind(name, row)) continue;
     const sig = signature(row);
     if (sig !== entry.sig) {
       entry.sig = sig;
@@ -273,12 +310,54 @@ async function renderStatus(list) {
     if (!seen.has(name)) {
       entry.node.remove();
       rows.delete(name);
+      if (inView) inView.delete(entry);
     }
   }
   reorder();
   emptyEl.hidden = rows.size > 0;
   if (filterText) applyFilter();
-  renderCounts(list);
+  renderCounts();
+  markFirstRows();
+}
+
+/** Whether `row` is older than what its entry shows (fetches overlap: an answer
+ * started before another may arrive after it). Marks the entry with its time. */
+function isStale(entry, row) {
+  const at = parseTime(row.as_of);
+  if (!Number.isFinite(at)) return false;
+  if (at < entry.asOf) return true;
+  entry.asOf = at;
+  return false;
+}
+
+/** Apply some servers' rows (an answer to /api/status?server=...): only those
+ * rows change; the order changes only when a row's severity did. */
+function renderSome(list) {
+  let moved = false;
+  for (const row of list) {
+    const name = String(row.server);
+    let entry = rows.get(name);
+    if (!entry) {
+      // A server a reload added: a new row (a full refresh would place it too).
+      entry = buildRow(name);
+      rows.set(name, entry);
+      moved = true;
+    }
+    if (isStale(entry, row) || behind(name, row)) continue;
+    const sig = signature(row);
+    if (sig !== entry.sig) {
+      const before = entry.sev;
+      entry.sig = sig;
+      applyRow(entry, row);
+      if (entry.sev !== before) moved = true;
+    } else {
+      entry.row = row;
+    }
+  }
+  if (moved) reorder();
+  emptyEl.hidden = rows.size > 0;
+  if (filterText) applyFilter();
+  renderCounts();
 }
 
 // Problems first, then restores, then the quiet rest, each by name. Only nodes
@@ -322,13 +401,22 @@ const counts = {
   dead_letters: null,
 };
 
-function renderCounts(list) {
-  if (list) {
-    counts.watching = list.length;
-    counts.restoring = list.filter((r) => r.restore_active).length;
-    counts.failing = list.filter(isFailing).length;
-    counts.stalled = list.filter((r) => r.stalled === true).length;
+// The counts from the rows the page holds (after a full or a partial update).
+function renderCounts() {
+  let restoring = 0;
+  let failing = 0;
+  let stalled = 0;
+  for (const entry of rows.values()) {
+    const r = entry.row;
+    if (!r) continue;
+    if (r.restore_active) restoring += 1;
+    if (isFailing(r)) failing += 1;
+    if (r.stalled === true) stalled += 1;
   }
+  counts.watching = rows.size;
+  counts.restoring = restoring;
+  counts.failing = failing;
+  counts.stalled = stalled;
   for (const [key, value] of Object.entries(counts)) {
     const node = document.querySelector(`#counts [data-count="${key}"]`);
     if (!node) continue;
@@ -353,7 +441,7 @@ function renderOutbox(outbox) {
   } else {
     box.hidden = true;
   }
-  renderCounts(null);
+  renderCounts();
 }
 
 function renderStale(list) {
@@ -377,24 +465,68 @@ function noteClock(list, atPerf) {
   }
 }
 
-const refresh = coalesce(async () => {
-  const atPerf = performance.now();
-  // Failed restores (for their reason) change only when one fails: fetched at the
-  // start, on every (re)connection and on sklm.restore.failed, not per event.
-  const wantFailed = needFailed;
+/** Fetch the failed restores (their reasons) when asked: at the start and on
+ * every (re)connection (a failure while connected comes with its event).
+ * Resolves true when the list arrived (merged into the map). */
+async function loadFailed() {
+  if (!needFailed) return false;
   needFailed = false;
-  const [status, outbox, failed] = await Promise.allSettled([
-    getJSON("/api/status"),
-    getJSON("/api/outbox"),
-    wantFailed ? getJSON("/api/restores?outcome=failed&limit=1000") : Promise.resolve(null),
-  ]);
-  if (wantFailed && failed.status === "fulfilled" && Array.isArray(failed.value)) {
-    failedRestores = new Map(failed.value.map((r) => [r.restore_id, r]));
-  } else if (wantFailed && failed.status === "rejected") {
-    needFailed = true;
+  try {
+    const failed = await getJSON("/api/restores?outcome=failed&limit=1000");
+    if (!Array.isArray(failed)) return false;
+    // Merged: a failure whose event arrived meanwhile stays (none is ever undone).
+    for (const r of failed) failedRestores.set(r.restore_id, r);
+    return true;
+  } catch (_) {
+    needFailed = true; // the next update tries again
+    return false;
   }
-  if (status.status === "fulfilled") {
-    const list = Array.isArray(status.value) ? status.value : [];
+}
+
+/** Re-apply the rows a new map of failed restores changes (their reason, their
+ * place: a failed last restore puts a row with the problems). */
+function applyFailed() {
+  let moved = false;
+  for (const entry of rows.values()) {
+    if (!entry.row) continue;
+    const sig = signature(entry.row);
+    if (sig === entry.sig) continue;
+    const before = entry.sev;
+    entry.sig = sig;
+    applyRow(entry, entry.row);
+    if (entry.sev !== before) moved = true;
+  }
+  if (moved) reorder();
+}
+
+/** The first /api/status: the one fleet-boot.js started while the modules loaded
+ * (the first paint waits for both), or a new one. */
+function statusOnce() {
+  const early = window.__fleetStatus;
+  window.__fleetStatus = "taken"; // a late fleet-boot.js starts none
+  if (early && typeof early.then === "function") {
+    return readJSON(early).catch(() => getJSON("/api/status"));
+  }
+  return getJSON("/api/status");
+}
+
+async function refreshAll() {
+  const atPerf = performance.now();
+  // The rows first, alone: the failed restores and the outbox (journal queries,
+  // slow on a big journal) are asked for once the rows are on their way, so they
+  // do not compete with them for the daemon, and neither the first paint nor the
+  // next update waits for them.
+  let list = null;
+  try {
+    const status = await statusOnce();
+    list = Array.isArray(status) ? status : [];
+  } catch (err) {
+    showError(`Could not load /api/status: ${err.message}`);
+    wantAll = true; // the next event or reconnection tries again
+  }
+  const failed = loadFailed();
+  getJSON("/api/outbox").then(renderOutbox, () => {});
+  if (list) {
     noteClock(list, atPerf);
     const t0 = performance.now();
     await renderStatus(list);
@@ -402,22 +534,231 @@ const refresh = coalesce(async () => {
     performance.measure("fleet:render", { start: t0, end: performance.now() });
     renderStale(list);
     showError("");
-  } else {
-    showError(`Could not load /api/status: ${status.reason.message}`);
+    markReady();
+    recheck();
   }
-  if (outbox.status === "fulfilled") renderOutbox(outbox.value);
-  if (status.status === "fulfilled") markReady();
+  // Applied between two updates (renders of the rows are synchronous after the
+  // first one), never in the middle of one.
+  failed.then((changed) => changed && applyFailed());
+  return list !== null;
+}
+
+// Past this many changed servers (or this long a query) one full fetch is cheaper.
+const MAX_SOME = 200;
+const MAX_QUERY = 6000;
+
+async function refreshSome(names) {
+  const atPerf = performance.now();
+  const query = names.map((n) => `server=${encodeURIComponent(n)}`).join("&");
+  loadFailed().then((changed) => changed && applyFailed());
+  let list;
+  try {
+    list = await getJSON(`/api/status?${query}`);
+  } catch (err) {
+    // The stream reconnects (and refetches everything) if the daemon went away.
+    wantAll = true;
+    throw err;
+  }
+  if (!Array.isArray(list)) return;
+  noteClock(list, atPerf);
+  renderSome(list);
+  renderStale(list);
+  recheck();
+}
+
+/** Servers whose events arrived since their rows were last fetched. */
+const dirty = new Set();
+/** The next update fetches the whole fleet (start, reconnection, a failure). */
+let wantAll = true;
+/** A whole-fleet refresh is in flight or rendering: partial ones wait for it. */
+let allRunning = false;
+/** Partial fetches in flight: each event batch gets its own at once (no queue
+ * behind the previous one), up to this many; a stale answer is not applied. */
+let inFlight = 0;
+const MAX_IN_FLIGHT = 4;
+
+// One whole-fleet refresh at a time, at most one queued.
+const refreshWhole = coalesce(async () => {
+  if (!wantAll) return;
+  wantAll = false;
+  // Every row is refetched: what was dirty before the fetch is in it.
+  dirty.clear();
+  allRunning = true;
+  let ok = false;
+  try {
+    ok = await refreshAll();
+  } finally {
+    allRunning = false;
+  }
+  // What arrived meanwhile; after a failure the next event or reconnection
+  // tries again (no loop against a daemon that is down).
+  if (ok) flush();
 });
+
+/** Fetch what the events since the last fetch changed. */
+function flush() {
+  if (allRunning) return;
+  if (wantAll) {
+    refreshWhole();
+    return;
+  }
+  if (dirty.size === 0 || inFlight >= MAX_IN_FLIGHT) return;
+  const names = [...dirty];
+  dirty.clear();
+  const query = names.reduce((n, name) => n + name.length + 8, 0);
+  if (names.length > MAX_SOME || query > MAX_QUERY) {
+    wantAll = true;
+    refreshWhole();
+    return;
+  }
+  inFlight += 1;
+  refreshSome(names)
+    .catch((err) => console.error(err))
+    .finally(() => {
+      inFlight -= 1;
+      flush();
+    });
+}
+
+// Events of a poll that answered: its row's last_ok_at is at least the event's
+// time once the daemon holds the state the event came with.
+const FROM_AN_ANSWER = new Set([
+  "sklm.restore.started",
+  "sklm.restore.phase",
+  "sklm.restore.completed",
+  "sklm.restore.failed",
+  "sklm.server.recovered",
+  "sklm.server.restarted",
+  "sklm.auth.recovered",
+]);
+/** server -> { at, since }: the time of its newest such event, and when it came. */
+const expected = new Map();
+/** Give up waiting for a row to catch up with its event after this long (ms). */
+const EXPECT_FOR = 5000;
+const RETRY_AFTER = 100;
+let retryTimer = null;
+/** Rows to fetch again when the retry timer fires. */
+const retry = new Set();
+
+// The stream may deliver an event a moment before the daemon's state has it (the
+// journal is written first): a row fetched for an event and older than it is
+// fetched again shortly, until it has caught up.
+function recheck() {
+  const now = performance.now();
+  for (const [name, want] of expected) {
+    const entry = rows.get(name);
+    const ok = entry && entry.row ? parseTime(entry.row.last_ok_at) : NaN;
+    if ((Number.isFinite(ok) && ok >= want.at) || now - want.since > EXPECT_FOR) {
+      expected.delete(name);
+    } else {
+      retry.add(name);
+    }
+  }
+  if (retry.size && retryTimer === null) {
+    retryTimer = setTimeout(() => {
+      retryTimer = null;
+      for (const name of retry) dirty.add(name);
+      retry.clear();
+      flush();
+    }, RETRY_AFTER);
+  }
+}
+
+/** Whether `row` predates an event of its server the page has already had (it
+ * is then not shown: the event's phase stays until the daemon's row catches up). */
+function behind(name, row) {
+  const want = expected.get(name);
+  if (!want) return false;
+  const ok = parseTime(row.last_ok_at);
+  return !(Number.isFinite(ok) && ok >= want.at);
+}
+
+/** A phase event shown at once on its row (phase, k/7, time in phase); the row
+ * fetched for it fills in the rest. */
+function showPhase(name, data, time) {
+  const entry = rows.get(name);
+  // During a whole-fleet refresh the row may not exist yet: that fetch shows it.
+  if (!entry || !entry.row || allRunning) return;
+  const code = Number.isInteger(data.code) ? data.code : entry.row.code;
+  const row = {
+    ...entry.row,
+    phase: data.phase,
+    code,
+    step: Number.isInteger(code) ? `${code}/7` : entry.row.step,
+    phase_since: typeof time === "string" ? time : entry.row.phase_since,
+  };
+  if (typeof data.restore_id === "string" && data.restore_id) row.restore_id = data.restore_id;
+  const sig = signature(row);
+  if (sig === entry.sig) return;
+  const before = entry.sev;
+  entry.sig = sig;
+  applyRow(entry, row);
+  if (entry.sev !== before) reorder();
+}
+
+function onEvent(event) {
+  if (!event || typeof event !== "object") return;
+  const data = event.data && typeof event.data === "object" ? event.data : {};
+  if (event.type === "sklm.restore.failed") {
+    // The event carries what the row shows (its reason): no journal query per
+    // failure (the whole list is fetched at the start and on reconnection).
+    if (typeof data.restore_id === "string" && data.restore_id) {
+      failedRestores.set(data.restore_id, {
+        restore_id: data.restore_id,
+        server: data.server,
+        reason: typeof data.reason === "string" ? data.reason : "",
+      });
+    } else {
+      needFailed = true;
+    }
+  }
+  const server = typeof data.server === "string" ? data.server : event.subject;
+  if (typeof server === "string" && server) {
+    dirty.add(server);
+    const at = parseTime(event.time);
+    const want = expected.get(server);
+    if (FROM_AN_ANSWER.has(event.type) && Number.isFinite(at) && !(want && want.at >= at)) {
+      expected.set(server, { at, since: performance.now() });
+    }
+    if (event.type === "sklm.restore.phase" && typeof data.phase === "string") {
+      showPhase(server, data, event.time);
+    }
+  } else {
+    wantAll = true; // an event about no one server: everything may have changed
+  }
+  flush();
+}
 
 filterEl.addEventListener("input", () => {
   filterText = filterEl.value.trim().toLowerCase();
   applyFilter();
 });
 
-// Relative times tick every second on the client; the daemon is not asked.
+// Relative times tick every second on the client; the daemon is not asked. Only
+// the rows on screen tick where the browser says which those are (rows are
+// content-visibility: auto; a row coming into view is brought up to date at
+// once): 5,000 rows changing their text every second would keep the page busy.
+const inView = typeof ContentVisibilityAutoStateChangeEvent === "function" ? new Set() : null;
+if (inView) {
+  // Not bubbling: caught on the way down.
+  fleetEl.addEventListener(
+    "contentvisibilityautostatechange",
+    (event) => {
+      const entry = byNode.get(event.target);
+      if (!entry) return;
+      if (event.skipped) {
+        inView.delete(entry);
+      } else {
+        inView.add(entry);
+        tickRow(entry, serverNow());
+      }
+    },
+    true,
+  );
+}
 setInterval(() => {
   const now = serverNow();
-  for (const entry of rows.values()) {
+  for (const entry of inView || rows.values()) {
     if (entry.row && (entry.row.phase || entry.row.restore_id)) tickRow(entry, now);
   }
 }, 1000);
@@ -428,14 +769,20 @@ setInterval(() => {
   getJSON("/api/outbox").then(renderOutbox, () => {});
 }, 15000);
 
-refresh();
+// A reload that adds or removes servers journals no event: a full fetch now and
+// then brings the list of rows in line (cheap once the rows exist).
+setInterval(() => {
+  wantAll = true;
+  flush();
+}, 60000);
+
+refreshWhole();
 followStream({
-  onEvent: (event) => {
-    if (event && event.type === "sklm.restore.failed") needFailed = true;
-    refresh();
-  },
+  onEvent,
   onOpen: () => {
+    // What happened while the stream was down (or before it first opened).
     needFailed = true;
-    refresh();
+    wantAll = true;
+    refreshWhole();
   },
 });
