@@ -127,12 +127,23 @@ class PostgresServer:
         with conf.open("a", encoding="utf-8") as out:
             # Throwaway data: durability off keeps the suite fast; loopback only.
             out.write(
-                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
-                f"listen_addresses = '127.0.0.1'\nport = {server.port}\n"
+                "fsync = off\nfull_page_writes = off\n"
+                "listen_addresses = '127.0.0.1'\n"
                 f"unix_socket_directories = '{root}'\nmax_connections = 300\n"
-                "log_min_messages = warning\n"
+                "log_min_messages = warning\ninclude = 'port.conf'\n"
             )
-        server.pg_ctl("start")
+        # The port was free when chosen, not necessarily when the server binds it
+        # (other tests open thousands of connections): a few tries on fresh ports.
+        for attempt in range(5):
+            (server.data / "port.conf").write_text(f"port = {server.port}\n")
+            try:
+                server.pg_ctl("start")
+            except subprocess.CalledProcessError:
+                if attempt == 4 or port is not None:
+                    raise
+                server.port = free_port()
+            else:
+                break
         return server
 
     def _run(self, tool: str, *args: str) -> None:

@@ -30,10 +30,18 @@ ALLOWED: dict[str, set[str]] = {
     "cadence": {"phases", "tracker", "config", "backoff"},
     "client": {"phases", "config", "errors"},
     "audit": {"errors", "schema"},
-    # store/base.py is the protocol; store/sqlite/ the only implementation so far.
+    # store/base.py is the protocol; store/sqlite/ and store/postgres/ (issue 13)
+    # the implementations, each the only user of its driver (tests below).
     "store": {"audit", "clock", "config", "errors", "events", "schema"},
     "sinks": {"events", "config", "errors", "phases", "sinks", "clock"},
     # Not client: PollResult lives in phases, so the scheduler loads no aiohttp.
+    # The cluster's lease plan (issue 13): pure, like the tracker.
+    "cluster": set(),
+    # The lease keeper: drives the fleet (through its own Follower protocol)
+    # from a ClusterStore's leases.
+    "leasing": {"cluster", "store", "tracker", "errors", "clock"},
+    # What a cluster node shows of its peers' servers (/status, the dashboard).
+    "peers": {"store", "tracker", "errors", "clock"},
     "scheduler": {
         "tracker",
         "cadence",
@@ -85,6 +93,8 @@ ALLOWED: dict[str, set[str]] = {
         "notify",
         "service",
         "stream",
+        "leasing",
+        "peers",
     },
     "views": {
         "store",
@@ -171,6 +181,33 @@ def test_only_the_sqlite_store_uses_sqlite() -> None:
         }
     }
     assert users <= {("store", "sqlite")}
+
+
+def test_only_the_postgres_store_uses_psycopg() -> None:
+    """psycopg stays in ``store/postgres/``: a single-node install needs no driver."""
+    users = set()
+    for p in MODULES:
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            if any(name.split(".")[0] == "psycopg" for name in names):
+                users.add(p.relative_to(PACKAGE).parts[:2])
+    assert users <= {("store", "postgres")}
+
+
+def test_importing_the_store_loads_no_psycopg() -> None:
+    """The store package (and the SQLite store) import psycopg only for a store_url."""
+    code = (
+        "import sys, watcher.store, watcher.store.sqlite, watcher.daemon;"
+        " print('psycopg' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "False"
 
 
 def test_only_cli_and_demo_import_the_simulator() -> None:

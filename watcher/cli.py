@@ -12,21 +12,28 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Final, TextIO
+from typing import TYPE_CHECKING, Any, ClassVar, Final, TextIO, cast
 
 import anyio
 import structlog
 
 from watcher import __version__, logs, schema
-from watcher.config import Config, Listen, ServerConfig, WatcherSettings
+from watcher.config import Config, Listen, Secret, ServerConfig, WatcherSettings
 from watcher.configfile import PartialConfig, load_config, load_config_lenient
 from watcher.errors import ConfigError, ConfigProblem, SklmError, WatcherError
 
 if TYPE_CHECKING:
-    from watcher.store.base import OutboxRow, OutboxSummary, Silence, Store
+    from watcher.store.base import (
+        AuditLine,
+        ClusterStore,
+        OutboxRow,
+        OutboxSummary,
+        Silence,
+        Store,
+    )
     from watcher.views import ServerStatusRow, TableRow
 
 EXIT_OK: Final = 0
@@ -183,20 +190,52 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(s_remove, required=False)
     s_remove.set_defaults(handler=_cmd_silence_remove)
 
+    cluster = sub.add_parser(
+        "cluster",
+        help="the nodes sharing the store: alive, leases, last heartbeat (exit 2 "
+        "without store_url)",
+    )
+    _add_config(cluster, required=False)
+    cluster.add_argument("--json", action="store_true", help="print JSON")
+    cluster.set_defaults(handler=_cmd_cluster)
+
     audit = sub.add_parser("audit", help="the tamper-evident audit log")
     audit_sub = audit.add_subparsers(
-        dest="audit_command", required=True, metavar="verify"
+        dest="audit_command", required=True, metavar="verify|export"
     )
     verify = audit_sub.add_parser("verify", help="check the audit log's hash chain")
     verify.add_argument(
         "files",
         nargs="*",
         type=Path,
-        help="files oldest first (default: the configured audit log and its rotations)",
+        help="files oldest first (default: the configured audit log and its "
+        "rotations; in a cluster, the store's chain)",
     )
     _add_config(verify, required=False)
     verify.add_argument("--json", action="store_true", help="print JSON")
     verify.set_defaults(handler=_cmd_audit_verify)
+    export = audit_sub.add_parser(
+        "export",
+        help="write the cluster store's audit chain as JSON Lines (what audit "
+        "verify FILE checks)",
+    )
+    export.add_argument(
+        "--after",
+        type=_auditseq,
+        default=0,
+        metavar="N",
+        help="only the lines after auditseq N (default 0: the whole chain)",
+    )
+    export.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write to FILE (default: standard output)",
+    )
+    _add_config(export, required=False)
+    export.set_defaults(handler=_cmd_audit_export)
 
     demo = sub.add_parser("demo", help="simulator + watcher: see it work")
     demo.add_argument(
@@ -310,7 +349,33 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    if config.watcher.store_url is not None:
+        return _check_store(args, config, config.watcher.store_url)
     print(f"{args.config}: OK: {config.summary()}")
+    return EXIT_OK
+
+
+def _check_store(args: argparse.Namespace, config: Config, url: Secret) -> int:
+    """check-config of a cluster: the file, then what ``run`` finds at the store.
+
+    Reads only (creates and migrates nothing). A store ``run`` cannot use
+    (unreachable, not ours, a newer schema, no driver) exits 1 with the reason: the
+    file is valid, the place it points at is not ready. Never shows the URL's
+    password: the check names ``host:port/dbname``.
+    """
+    from watcher.store import check_store
+
+    check = check_store(url)
+    settings = config.watcher
+    node = f"node {settings.node_name}, lease {settings.lease:g} s"
+    if not check.ok:
+        _print_error(
+            f"sklm-watcher: {args.config}: the file is valid, but run cannot use "
+            f"its store: {check.summary()}"
+        )
+        return EXIT_FAILURE
+    print(f"{args.config}: OK: {config.summary()}")
+    print(f"{check.summary()}; {node}")
     return EXIT_OK
 
 
@@ -411,19 +476,11 @@ def _print_rows(rows: Sequence[TableRow]) -> None:
 
 
 def _open_journal(config: Config, *, write: bool = False) -> Store:
-    from watcher.store.sqlite import SqliteStore
+    from watcher.store import open_store
 
-    if write:
-        # No lock: the daemon may be running; it keeps the audit log to itself.
-        return SqliteStore.open(
-            config.watcher.state_dir, config.watcher.audit_log, config.sinks, lock=False
-        )
-    return SqliteStore.open(
-        config.watcher.state_dir,
-        config.watcher.audit_log,
-        config.sinks,
-        read_only=True,
-    )
+    # write: no lock on SQLite (the daemon may be running; it keeps the audit log
+    # to itself), no leases on PostgreSQL; otherwise read-only.
+    return open_store(config.watcher, config.sinks, mode="write" if write else "read")
 
 
 @dataclass(frozen=True, slots=True)
@@ -601,6 +658,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
     config = partial.config
     names = [s.name for s in config.servers]
     now = datetime.now(UTC)
+    if config.watcher.is_cluster:
+        # This host's daemon polls only the servers it holds leases on: the store
+        # has every server, and which node polls each.
+        return _cluster_status(args, partial, _now())
     rows = _status_from_daemon(
         config.watcher.listen, now, _listen_authorization(config.watcher)
     )
@@ -627,6 +688,95 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps([r.to_json() for r in rows], indent=2))
     else:
         views.render_table(rows, console_file=sys.stdout, color=_color(sys.stdout))
+    return EXIT_OK
+
+
+def _cluster_status(
+    args: argparse.Namespace, partial: PartialConfig, now: datetime
+) -> int:
+    """``status`` of a cluster: every server from the store, with its NODE.
+
+    A row's ``daemon_running`` says whether the node holding its lease is alive:
+    a server nobody holds now shows its last stored state, marked stale.
+    """
+    from watcher import views
+
+    config = partial.config
+    names = [s.name for s in config.servers]
+    with _open_journal(config) as journal:
+        store = _as_cluster(journal)
+        if partial.problems:
+            # Servers the broken part of the file names are still in the store.
+            known = set(names)
+            stored = views.fleet_status(store, now)
+            names += [r.server for r in stored if r.server not in known]
+        rows = views.fleet_status(store, now, names)
+        nodes = store.nodes()
+        holders = views.lease_holders(store.leases(), now)
+    alive = {n.name for n in nodes if n.alive}
+    clustered = [
+        replace(row, daemon_running=row.node in alive)
+        for row in views.with_nodes(rows, holders)
+    ]
+    if not alive:
+        as_of = max((r.as_of for r in rows if r.as_of is not None), default=None)
+        print(
+            f"no node of the cluster is alive; {views.data_age(as_of, now)}",
+            file=sys.stderr,
+        )
+    if args.json:
+        print(json.dumps([r.to_json() for r in clustered], indent=2))
+    else:
+        views.render_table(clustered, console_file=sys.stdout, color=_color(sys.stdout))
+    return EXIT_OK
+
+
+def _now() -> datetime:
+    """The instant the cluster views measure ages at (a seam for tests)."""
+    return datetime.now(UTC)
+
+
+def _as_cluster(journal: Store) -> ClusterStore:
+    """The store as the cluster store it is (``store_url`` set)."""
+    if not hasattr(journal, "nodes"):
+        raise TypeError(f"{type(journal).__name__} is not a cluster store")
+    return cast("ClusterStore", journal)
+
+
+def _not_a_cluster(args: argparse.Namespace, config: Config, what: str) -> int:
+    """Say in words that a cluster command met a single-node configuration: exit 2.
+
+    A usage error (2), not a failure (1): the command cannot apply to this file,
+    and a script checking ``cluster`` should not mistake SQLite for a broken store.
+    """
+    print(
+        f"sklm-watcher: not a cluster: {args.config} sets no store_url, so the "
+        f"store is SQLite in {config.watcher.state_dir}; {what}",
+        file=sys.stderr,
+    )
+    return EXIT_USAGE
+
+
+def _cmd_cluster(args: argparse.Namespace) -> int:
+    from watcher import views
+
+    config = _load_read_only(args).config
+    if not config.watcher.is_cluster:
+        return _not_a_cluster(args, config, "`sklm-watcher status` shows its servers")
+    now = _now()
+    with _open_journal(config) as journal:
+        store = _as_cluster(journal)
+        nodes = store.nodes()
+        leases = store.leases()
+    view = views.cluster_view(nodes, leases, [s.name for s in config.servers], now)
+    if args.json:
+        print(json.dumps(view.to_json(), indent=2))
+        return EXIT_OK
+    if view.nodes:
+        _print_rows(list(view.nodes))
+    else:
+        print("no node has joined yet: start `sklm-watcher run` with this store_url")
+    print(view.owner_line())
     return EXIT_OK
 
 
@@ -936,6 +1086,8 @@ def _cmd_audit_verify(args: argparse.Namespace) -> int:
     expect_last: str | None = None
     if not files:
         config = _load_read_only(args).config
+        if config.watcher.is_cluster:
+            return _verify_store_chain(args, config)
         files = _audit_files(config.watcher.audit_log)
         try:
             with _open_journal(config) as journal:
@@ -955,6 +1107,95 @@ def _cmd_audit_verify(args: argparse.Namespace) -> int:
     else:
         print(verdict.summary())
     return EXIT_OK if verdict.ok else EXIT_FAILURE
+
+
+#: How ``audit verify`` names the cluster store's chain where it names a file.
+STORE_CHAIN_LABEL: Final = "store"
+
+
+def _verify_store_chain(args: argparse.Namespace, config: Config) -> int:
+    """``audit verify`` in a cluster: the store's one chain, from its first line.
+
+    Exported to a temporary file and checked by the same verifier an auditor runs
+    on ``audit export``'s output; the head is read first, so lines appended by the
+    nodes meanwhile do not count as a changed last line. A fault's ``file`` is
+    ``store`` and its ``line`` the line's ``auditseq``.
+    """
+    import tempfile
+
+    from watcher import audit
+
+    with _open_journal(config) as journal:
+        store = _as_cluster(journal)
+        position = store.audit_position()
+        lines = store.export_audit(0)
+    with tempfile.TemporaryDirectory(prefix="sklm-watcher-audit-") as tmp:
+        path = Path(tmp) / "chain.jsonl"
+        path.write_bytes(_audit_bytes(lines))
+        verdict = audit.verify_audit(
+            [path],
+            anchor=audit.GENESIS_HASH,
+            expect_last_hash=None if position is None else position.hash,
+        )
+    if verdict.first_bad is not None:
+        fault = replace(verdict.first_bad, file=Path(STORE_CHAIN_LABEL))
+        verdict = replace(verdict, first_bad=fault)
+    if args.json:
+        print(json.dumps(verdict.to_json(), indent=2))
+    else:
+        print(verdict.summary())
+    return EXIT_OK if verdict.ok else EXIT_FAILURE
+
+
+def _audit_bytes(lines: Sequence[AuditLine]) -> bytes:
+    """Audit lines as the JSON Lines file holds them: UTF-8, a newline after each."""
+    return b"".join(line.line.encode("utf-8") + b"\n" for line in lines)
+
+
+def _auditseq(text: str) -> int:
+    """Parse ``--after``: an ``auditseq``, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not an auditseq: {text!r} (a whole number, 0 or more)"
+        ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"an auditseq is 0 or more: {text!r}")
+    return value
+
+
+def _cmd_audit_export(args: argparse.Namespace) -> int:
+    config = _load_read_only(args).config
+    if not config.watcher.is_cluster:
+        return _not_a_cluster(
+            args,
+            config,
+            f"its audit log is the file {config.watcher.audit_log} itself (with "
+            "its rotations): copy it; `sklm-watcher audit verify` checks it",
+        )
+    with _open_journal(config) as journal:
+        lines = _as_cluster(journal).export_audit(args.after)
+    data = _audit_bytes(lines)
+    if args.output is None:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        where = "standard output"
+    else:
+        try:
+            args.output.write_bytes(data)
+        except OSError as exc:
+            print(
+                f"sklm-watcher: cannot write {args.output}: {exc.strerror or exc}",
+                file=sys.stderr,
+            )
+            return EXIT_FAILURE
+        where = str(args.output)
+    span = f" (auditseq {lines[0].auditseq}..{lines[-1].auditseq})" if lines else ""
+    noun = "line" if len(lines) == 1 else "lines"
+    print(f"exported {len(lines)} audit {noun}{span} to {where}", file=sys.stderr)
+    return EXIT_OK
 
 
 def _audit_files(current: Path) -> list[Path]:

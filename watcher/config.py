@@ -219,7 +219,14 @@ class Config:
             sinks = f"{_count(len(self.sinks), 'sink')} ({types})"
         else:
             sinks = "no sinks"
-        return f"{servers}, {sinks}; state in {self.watcher.state_dir}"
+        settings = self.watcher
+        if settings.is_cluster:
+            return (
+                f"{servers}, {sinks}; state in the cluster store (node "
+                f"{settings.node_name or 'named after the host'}, lease "
+                f"{settings.lease:g} s)"
+            )
+        return f"{servers}, {sinks}; state in {settings.state_dir}"
 
 
 def _count(n: int, noun: str) -> str:

@@ -17,6 +17,7 @@ import ipaddress
 import math
 import os
 import re
+import socket
 import ssl
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
@@ -25,7 +26,7 @@ from datetime import date, datetime, time
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 from watcher.config import (
     LISTEN_FORMAT,
@@ -76,6 +77,7 @@ _INLINE_SECRET_NAMES: Final = {
     "routing_key": "routing key",
     "listen_token": "listen token",
     "listen_password": "listen password",
+    "store_url": "store URL",
 }
 _LISTEN_TOKEN_KEYS: Final = ("listen_token", "listen_token_env", "listen_token_file")
 _LISTEN_PASSWORD_KEYS: Final = (
@@ -88,6 +90,18 @@ _LISTEN_AUTH_KEYS: Final = (
     *_LISTEN_PASSWORD_KEYS,
     "listen_username",
 )
+#: The cluster store's URL (issue 13), a secret: it may carry the password.
+_STORE_URL_KEYS: Final = ("store_url", "store_url_env", "store_url_file")
+#: ``[watcher]`` keys resolved by :meth:`_Loader.cluster` rather than copied.
+_CLUSTER_KEYS: Final = (*_STORE_URL_KEYS, "node_name", "lease")
+#: URL schemes libpq (and psycopg) take for a PostgreSQL connection URI.
+_STORE_URL_SCHEMES: Final = ("postgresql://", "postgres://")
+#: Longest node name: it is shown in ``status`` and ``cluster`` and in logs, and a
+#: DNS label (what a host name's first part is) has at most 63 characters.
+MAX_NODE_NAME: Final = 63
+#: Shortest ``lease``: renewal runs every min(lease / 3, 1 s), so a shorter lease
+#: would leave no margin for one late renewal.
+MIN_LEASE: Final = 1.0
 #: Keys every sink type takes.
 _SINK_COMMON_KEYS: Final = frozenset(
     {"name", "type", "events", "servers", "timeout", "max_age", "min_interval"}
@@ -421,8 +435,13 @@ class _Loader:
         servers = self.servers(document.get("servers"), defaults)
         sinks = self.sinks(document.get("sinks", []), _server_names(document))
         if not self.problems and not sinks:
+            where = (
+                "the cluster store's audit chain"
+                if settings is not None and settings.is_cluster
+                else "the audit log"
+            )
             self.warnings.append(
-                "no [[sinks]]: events go only to the audit log; add a webhook or "
+                f"no [[sinks]]: events go only to {where}; add a webhook or "
                 "slack sink to be told about restores"
             )
         if settings is None or servers is None or sinks is None:
@@ -535,6 +554,31 @@ class _Loader:
         if not 0 <= raw < 1:
             return self.problem(key, f"must be at least 0 and less than 1, got {raw}")
         return float(raw)
+
+    def node_name(self, key: str, raw: object) -> object:
+        """This node's name in the cluster: operators read it in ``status``."""
+        value = self.text(key, raw)
+        if isinstance(value, str):
+            reason = _node_name_problem(value)
+            if reason is not None:
+                return self.problem(key, reason)
+        return value
+
+    def lease(self, key: str, raw: object) -> object:
+        """A server lease's length in seconds: a number, at least :data:`MIN_LEASE`."""
+        if (
+            isinstance(raw, int | float)
+            and not isinstance(raw, bool)
+            and raw < MIN_LEASE
+        ):
+            # Said here rather than "more than 0": 0.5 is as wrong as 0 or -1.
+            return self.problem(
+                key,
+                f"must be at least {MIN_LEASE:g} second, got {raw}: a node renews "
+                "its leases every lease / 3 seconds (at most every second), and a "
+                "dead node's servers are taken over within one lease",
+            )
+        return self.seconds(key, raw)
 
     def flag(self, key: str, raw: object) -> object:
         """A boolean."""
@@ -832,18 +876,80 @@ class _Loader:
         entries = self.fields("watcher", table, _WATCHER_CHECKS)
         self.exclusive(entries, _LISTEN_TOKEN_KEYS)
         self.exclusive(entries, _LISTEN_PASSWORD_KEYS)
+        self.exclusive(entries, _STORE_URL_KEYS)
         auth = self.listen_auth(entries)
+        cluster = self.cluster(entries)
         values = {
             key: value
             for key, (_, value) in entries.items()
-            if key not in _LISTEN_AUTH_KEYS
+            if key not in _LISTEN_AUTH_KEYS and key not in _CLUSTER_KEYS
         }
-        if _BAD in values.values() or auth is None:
+        if _BAD in values.values() or auth is None or cluster is None:
             return None
         for key in ("state_dir", "audit_log"):
             if key in values:
                 values[key] = self.config_path(values[key])
-        return WatcherSettings(**values, **auth)
+        return WatcherSettings(**values, **auth, **cluster)
+
+    def cluster(self, entries: _Entries) -> dict[str, Any] | None:
+        """``store_url`` (a secret: checked, never shown), ``node_name``, ``lease``.
+
+        The host name becomes the node name only in a cluster: without a store
+        URL the watcher has no peers to tell apart, and its settings stay the
+        defaults (``node_name`` and ``lease`` set anyway load, with a warning).
+        """
+        url = self.sink_secret("watcher", entries, _STORE_URL_KEYS, "")
+        node = entries.get("node_name", ("", None))[1]
+        lease = entries.get("lease", ("", None))[1]
+        if url is _BAD or node is _BAD or lease is _BAD:
+            return None
+        out: dict[str, Any] = {}
+        if isinstance(url, Secret):
+            reason = _store_url_problem(url.reveal())
+            if reason is not None:
+                source = next(key for key in _STORE_URL_KEYS if key in entries)
+                path, raw = entries[source]
+                self.problem(path, f"{self.origin(source, path, raw)} {reason}")
+                return None
+            out["store_url"] = url
+            if _store_tls_unverified(url.reveal(), self.environ):
+                source = next(key for key in _STORE_URL_KEYS if key in entries)
+                self.warnings.append(
+                    f"{entries[source][0]}: the store is on another host and its TLS "
+                    "certificate is not verified (sslmode is not verify-full or "
+                    "verify-ca): anyone on the network path can pose as the database "
+                    "and read the URL's password and every event; add "
+                    "sslmode=verify-full (and sslrootcert) to the URL"
+                )
+            if node is None:
+                node = self.default_node_name()
+                if node is None:
+                    return None
+        else:
+            for key in ("node_name", "lease"):
+                if key in entries:
+                    self.warnings.append(
+                        f"{entries[key][0]}: has no effect without store_url: this "
+                        "watcher runs alone, on its SQLite store in state_dir"
+                    )
+        if node is not None:
+            out["node_name"] = node
+        if lease is not None:
+            out["lease"] = lease
+        return out
+
+    def default_node_name(self) -> str | None:
+        """The host name as the node's name, or None after saying why it cannot be."""
+        host = socket.gethostname()
+        if _node_name_problem(host) is None:
+            return host
+        self.problem(
+            "watcher.node_name",
+            "missing: this host's name is not usable as a node name (it must be "
+            f"printable, without spaces, at most {MAX_NODE_NAME} characters); set "
+            'node_name, e.g. node_name = "watcher-1"',
+        )
+        return None
 
     def listen_auth(self, entries: _Entries) -> dict[str, Any] | None:
         """``listen``'s credentials (None: a problem was found).
@@ -1560,6 +1666,75 @@ def _server_names(document: Mapping[str, Any]) -> list[str] | None:
     return None
 
 
+def _store_url_problem(url: str) -> str | None:
+    """Why a store URL is not a PostgreSQL connection URI, or None (never echoing it)."""
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        return (
+            "is not a usable store URL: it must not contain spaces or control "
+            "characters (percent-encode them, e.g. %20)"
+        )
+    if not url.startswith(_STORE_URL_SCHEMES):
+        return (
+            "is not a PostgreSQL URL: it must start with postgresql:// (or "
+            "postgres://), e.g. postgresql://watcher@db.example.com/sklm_watcher"
+        )
+    return None
+
+
+#: libpq ``sslmode`` values that check the server's certificate.
+_VERIFYING_SSLMODES: Final = ("verify-ca", "verify-full")
+
+
+def _store_tls_unverified(url: str, environ: Mapping[str, str]) -> bool:
+    """Whether libpq would reach a non-loopback host without verifying its certificate.
+
+    libpq's default ``sslmode`` (``prefer``) encrypts when the server offers TLS
+    but checks nothing, and falls back to plain text: fine on loopback or a Unix
+    socket, a risk across a network. ``PGSSLMODE`` counts, as libpq reads it too.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    query = parse_qs(parts.query)
+    modes = query.get("sslmode") or [environ.get("PGSSLMODE", "prefer")]
+    if modes[-1] in _VERIFYING_SSLMODES:
+        return False
+    # In the authority, hosts carry their ports; in the query, ports are apart.
+    hosts = [
+        _without_port(unquote(h))
+        for h in parts.netloc.rpartition("@")[2].split(",")
+        if h
+    ]
+    hosts += [
+        h
+        for key in ("host", "hostaddr")
+        for value in query.get(key, [])
+        for h in value.split(",")
+    ]
+    # No host at all: libpq uses PGHOST or the local Unix socket.
+    return any(h and not h.startswith("/") and not is_loopback(h) for h in hosts)
+
+
+def _without_port(host: str) -> str:
+    """``host`` of ``host:port`` (``[v6]:port`` for IPv6)."""
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if ":" in host else host
+
+
+def _node_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a node's name, or None (never echoing it)."""
+    if len(name) > MAX_NODE_NAME:
+        return f"must be at most {MAX_NODE_NAME} characters, got {len(name)}"
+    if not name.isprintable() or any(c.isspace() for c in name):
+        return (
+            "must be printable characters without spaces (it is shown in status, "
+            "cluster and the logs), e.g. watcher-1"
+        )
+    return None
+
+
 def _signing_secret_problem(secret: Secret) -> str | None:
     """Why a signing secret is not Standard Webhooks' ``whsec_<base64>``, or None."""
     value = secret.reveal()
@@ -1611,6 +1786,11 @@ _WATCHER_CHECKS: Final[dict[str, _Check]] = {
     "listen_password": _Loader.inline_secret,
     "listen_password_env": _Loader.env_name,
     "listen_password_file": _Loader.file_path,
+    "store_url": _Loader.inline_secret,
+    "store_url_env": _Loader.env_name,
+    "store_url_file": _Loader.file_path,
+    "node_name": _Loader.node_name,
+    "lease": _Loader.lease,
 }
 _SERVER_CHECKS: Final[dict[str, _Check]] = {
     "username": _Loader.text,

@@ -8,34 +8,47 @@ changed without losing tracker state or outbox rows.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
+import os
 import signal
+import socket
 from asyncio import sslproto
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import anyio
 import structlog
+from anyio.abc import TaskStatus
 
 from watcher import __version__
 from watcher.client import SklmClient, create_session
 from watcher.clock import Clock, SystemClock
 from watcher.config import Config, ServerConfig, SinkConfig
+from watcher.dispatcher import POLL_INTERVAL as DISPATCH_POLL
 from watcher.dispatcher import Dispatcher
-from watcher.errors import ConfigError, JournalError
+from watcher.errors import ConfigError, JournalError, LeaseLost, NodeNameInUse
 from watcher.events import Event
+from watcher.leasing import ClusterStats, LeaseKeeper
 from watcher.notify import SystemdNotifier
+from watcher.peers import FleetView, PeerStates
 from watcher.scheduler import Fleet, WatchStats
 from watcher.service import Heartbeat, HttpAuth, LatencyHistogram, StatusServer
 from watcher.sinks import build_sink
 from watcher.sinks.base import Sink, close_sinks
-from watcher.store.base import PRUNE_LIMIT, OutboxSummary, Store
-from watcher.store.sqlite import SqliteStore
+from watcher.store import open_store
+from watcher.store.base import (
+    PRUNE_LIMIT,
+    ClusterStore,
+    NodeInfo,
+    OutboxSummary,
+    Store,
+)
 from watcher.stream import EventStream
 from watcher.tracker import ServerState
 
@@ -50,6 +63,8 @@ RELOAD_APPLIED = "reload.applied"
 CONFIG_WARNING = "config.warning"
 JOURNAL_FAILING = "journal.failing"
 JOURNAL_RECOVERED = "journal.recovered"
+#: A write refused because another cluster node holds the server's lease now.
+LEASE_FENCED = "lease.fenced"
 #: Allocations between young-generation collections for a long-running daemon.
 GC_YOUNG_THRESHOLD = 50_000
 #: asyncio's TLS read buffer per connection, down from 256 KiB (one TLS record).
@@ -67,6 +82,13 @@ OUTBOX_PRUNED = "outbox.pruned"
 STATUS_INTERVAL = 10.0
 #: Seconds a clean shutdown waits for the SKLM logouts.
 LOGOUT_GRACE = 3.0
+#: Seconds a cluster node's clean stop waits to write what it queued, then to leave.
+LEAVE_GRACE = 5.0
+#: Seconds between two looks at the outbox on a cluster node: rows recorded by
+#: other nodes cannot wake this node's dispatcher.
+CLUSTER_DISPATCH_POLL = 1.0
+#: Seconds within which a cluster node first polls a server it just took over.
+TAKEOVER_FIRST_POLL = 0.3
 
 
 class JournalRecorder:
@@ -80,10 +102,17 @@ class JournalRecorder:
     raise, and the scheduler then keeps its old state and derives the same events on
     a later poll.
 
+    On a cluster node the store refuses the write of a server this node no longer
+    holds (:class:`~watcher.errors.LeaseLost`, a fenced write): that server's queued
+    records are dropped (the new owner re-derives them from the shared state, with
+    the same event ids), ``on_lease_lost`` is told so the server's watch stops, and
+    the rest of the queue goes on.
+
     Args:
         journal: The journal (anything with ``call`` and ``record``).
         wake: Called after new events were journaled.
         max_pending_events: Bound of the in-memory queue, in events.
+        on_lease_lost: Called with a server whose write was fenced (cluster).
     """
 
     def __init__(
@@ -92,16 +121,20 @@ class JournalRecorder:
         wake: Callable[[], None],
         *,
         max_pending_events: int = MAX_PENDING_EVENTS,
+        on_lease_lost: Callable[[str], None] | None = None,
     ) -> None:
         self.journal = journal
         self.wake = wake
         self.max_pending_events = max_pending_events
+        self.on_lease_lost = on_lease_lost
+        #: Writes the store refused as fenced (LeaseLost), since the start.
+        self.fenced_writes = 0
         self.recorded = 0
         #: Events journaled by this process, by type (for /metrics).
         self.by_type: Counter[str] = Counter()
         #: The error that keeps the queue from draining; None while all is written.
         self.failure: JournalError | None = None
-        self._pending: deque[tuple[str, dict[str, Any], tuple[Event, ...]]] = deque()
+        self._pending: deque[_Pending] = deque()
         self._pending_events = 0
         self._lock = anyio.Lock()
 
@@ -116,6 +149,8 @@ class JournalRecorder:
         """Journal the state and events (or queue them while the journal fails).
 
         Raises:
+            LeaseLost: This node no longer holds ``server`` (cluster): nothing of
+                it was written, and nothing of it stays queued.
             JournalError: The journal fails and the in-memory queue is full.
         """
         batch = tuple(events)
@@ -127,20 +162,32 @@ class JournalRecorder:
                     "not accepting more",
                     hint=self.failure.hint if self.failure else "",
                 )
-        self._pending.append((server, state.to_dict(), batch))
+        entry = _Pending(server, state.to_dict(), batch)
+        self._pending.append(entry)
         self._pending_events += len(batch)
         await self.flush()
+        if entry.lost is not None:
+            raise entry.lost
 
     async def flush(self) -> None:
         """Write queued records, oldest first, until the queue is empty or one fails."""
+        lost: list[str] = []
         async with self._lock:
             wrote_events = False
             while self._pending:
-                server, state, events = self._pending[0]
+                entry = self._pending[0]
+                server, state, events = entry.server, entry.state, entry.events
                 try:
                     new = await self.journal.call(
                         self.journal.record, server, state, events
                     )
+                except LeaseLost as exc:
+                    # Before JournalError (its base): a fenced write is never retried.
+                    self.fenced_writes += 1
+                    self._drop(server, exc)
+                    lost.append(server)
+                    log.warning(LEASE_FENCED, server=server, detail=str(exc))
+                    continue
                 except JournalError as exc:
                     if self.failure is None:
                         log.error(
@@ -162,6 +209,36 @@ class JournalRecorder:
                     self.failure = None
             if wrote_events:
                 self.wake()
+        # Outside the lock and the loop: stopping a watch may cancel the very task
+        # that is flushing (the fenced server's own loop).
+        if self.on_lease_lost is not None:
+            for server in dict.fromkeys(lost):
+                self.on_lease_lost(server)
+
+    def _drop(self, server: str, exc: LeaseLost) -> None:
+        """Forget every queued record of ``server`` (its lease is gone)."""
+        kept: deque[_Pending] = deque()
+        for entry in self._pending:
+            if entry.server == server:
+                entry.lost = exc
+                self._pending_events -= len(entry.events)
+            else:
+                kept.append(entry)
+        self._pending = kept
+
+
+class _Pending:
+    """One queued record, and the LeaseLost that dropped it (if one did)."""
+
+    __slots__ = ("events", "lost", "server", "state")
+
+    def __init__(
+        self, server: str, state: dict[str, Any], events: tuple[Event, ...]
+    ) -> None:
+        self.server = server
+        self.state = state
+        self.events = events
+        self.lost: LeaseLost | None = None
 
 
 def tune_runtime_for_service() -> None:
@@ -223,6 +300,8 @@ class Daemon:
         self.fleet: Fleet | None = None
         self.journal: Store | None = None
         self.recorder: JournalRecorder | None = None
+        #: The lease keeper on a cluster node (``store_url``); None on SQLite.
+        self.keeper: LeaseKeeper | None = None
         self._dispatcher: Dispatcher | None = None
         self._session: aiohttp.ClientSession | None = None
         self._clients: dict[str, SklmClient] = {}
@@ -245,10 +324,15 @@ class Daemon:
         # The start-up configuration's warnings are the loader's caller's to log
         # (the CLI logs them as it loads): logging them here too said each twice
         # (issue 11). A reload loads, so it logs them (_apply).
-        journal = SqliteStore.open(
-            self.config.watcher.state_dir,
-            self.config.watcher.audit_log,
+        settings = self.config.watcher
+        if settings.is_cluster and not settings.node_name:
+            # The config loader fills it in; a Config built in code may not.
+            settings = replace(settings, node_name=socket.gethostname())
+            self.config = replace(self.config, watcher=settings)
+        journal = open_store(
+            settings,
             self._sink_configs(self.config),
+            mode="daemon",
             clock=self._clock,
         )
         self.journal = journal
@@ -297,9 +381,12 @@ class Daemon:
     ) -> None:
         config = self.config
         clock = self._clock
+        cluster = config.watcher.is_cluster
         now, mono = clock.now(), clock.monotonic()
         states: dict[str, ServerState] = {}
-        for name, stored in journal.load_states().items():
+        # A cluster node starts with no servers: it loads each one's state when it
+        # takes the lease (the LeaseKeeper), never all of them up front.
+        for name, stored in {} if cluster else journal.load_states().items():
             try:
                 states[name] = ServerState.from_dict(stored, at=now, monotonic=mono)
             except ValueError:
@@ -308,18 +395,39 @@ class Daemon:
         async with create_session(config.servers) as session:
             self._session = session
             self._clients = {s.name: SklmClient(s, session) for s in config.servers}
-            recorder = JournalRecorder(journal, self._wake)
+            recorder = JournalRecorder(
+                journal,
+                self._wake,
+                on_lease_lost=self._lease_lost if cluster else None,
+            )
             self.recorder = recorder
             fleet = Fleet(
-                config.servers,
+                [] if cluster else config.servers,
                 self._clients,
                 recorder,
                 clock,
                 states=states,
                 jitter=config.watcher.jitter,
                 on_poll=self._observe_poll,
+                first_poll_within=TAKEOVER_FIRST_POLL if cluster else None,
             )
             self.fleet = fleet
+            keeper: LeaseKeeper | None = None
+            if cluster:
+                keeper = LeaseKeeper(
+                    cast(ClusterStore, journal),
+                    lambda: [s.name for s in self.config.servers],
+                    _FleetFollower(self, fleet),
+                    clock,
+                    info=NodeInfo(
+                        name=config.watcher.node_name,
+                        version=__version__,
+                        host=socket.gethostname(),
+                        pid=os.getpid(),
+                        started_at=now,
+                    ),
+                )
+                self.keeper = keeper
             status_server: StatusServer | None = None
             try:
                 async with anyio.create_task_group() as tg:
@@ -332,6 +440,15 @@ class Daemon:
                         )
                         self.stream = stream
                         tg.start_soon(stream.run)
+                        peers: PeerStates | None = None
+                        if cluster:
+                            peers = PeerStates(
+                                cast(ClusterStore, journal),
+                                config.watcher.node_name,
+                                clock,
+                                on_refresh=stream.notify,
+                            )
+                            tg.start_soon(peers.run)
                         status_server = StatusServer(
                             self,
                             version=__version__,
@@ -339,15 +456,26 @@ class Daemon:
                             store=journal,
                             stream=stream,
                             auth=_http_auth(config),
+                            cluster=self.cluster_stats if cluster else None,
+                            fleet=(
+                                None
+                                if peers is None
+                                else functools.partial(self._fleet_view, peers)
+                            ),
                         )
                         self._status_server = status_server
                         host, port = config.watcher.listen
                         self.listening = await status_server.start(host, port)
                     fleet_scope = anyio.CancelScope()
                     tg.start_soon(self._run_fleet, fleet, fleet_scope)
+                    keeper_scope = anyio.CancelScope()
+                    if keeper is not None:
+                        tg.start_soon(self._run_keeper, keeper, keeper_scope)
                     tg.start_soon(self._run_dispatchers, journal, session)
                     if self._handle_signals:
-                        tg.start_soon(self._watch_signals)
+                        # Started before daemon.started is logged and READY=1 sent: a
+                        # SIGTERM right after them must stop us cleanly, not kill us.
+                        await tg.start(self._watch_signals)
                     tg.start_soon(self._keep_systemd_informed)
                     tg.start_soon(self._retry_journal, recorder)
                     tg.start_soon(self._prune_outbox, journal)
@@ -361,9 +489,18 @@ class Daemon:
                     await stop.wait()
                     self._notifier.stopping()
                     fleet_scope.cancel()
+                    keeper_scope.cancel()
+                    if keeper is not None:
+                        # Server leases first (what is queued written, then
+                        # released); the sink leases and "left" only after the
+                        # deliveries in flight, or a peer would send them again.
+                        await self._hand_over(keeper, recorder)
                     dispatcher = self._dispatcher
                     if dispatcher is not None:
                         await dispatcher.drain(config.watcher.drain_timeout)
+                    if keeper is not None:
+                        with anyio.move_on_after(LEAVE_GRACE):
+                            await keeper.leave()
                     tg.cancel_scope.cancel()
             finally:
                 if status_server is not None:
@@ -379,6 +516,30 @@ class Daemon:
         with scope:
             await fleet.run()
 
+    @staticmethod
+    async def _run_keeper(keeper: LeaseKeeper, scope: anyio.CancelScope) -> None:
+        with scope:
+            await keeper.run()
+
+    @staticmethod
+    async def _hand_over(keeper: LeaseKeeper, recorder: JournalRecorder) -> None:
+        """A cluster node's clean stop: write what is queued, then give servers up.
+
+        Peers take the servers over at their next round instead of after the
+        leases expire. Bounded: a store that does not answer leaves the leases to
+        expire.
+        """
+        with anyio.move_on_after(LEAVE_GRACE):
+            if recorder.pending_events:
+                await recorder.flush()
+            await keeper.release_all()
+
+    def _lease_lost(self, server: str) -> None:
+        """The store fenced a write of ``server``: stop polling it at once."""
+        fleet = self.fleet
+        if fleet is not None:
+            fleet.abandon(server)
+
     async def _run_dispatchers(
         self, journal: Store, session: aiohttp.ClientSession
     ) -> None:
@@ -390,7 +551,17 @@ class Daemon:
                 name: build_sink(c, session, self._clock) for name, c in configs.items()
             }
             sinks = {**built, **self._extra_sinks}
-            dispatcher = Dispatcher(journal, sinks, configs, self._clock)
+            dispatcher = Dispatcher(
+                journal,
+                sinks,
+                configs,
+                self._clock,
+                poll_interval=(
+                    CLUSTER_DISPATCH_POLL
+                    if self.config.watcher.is_cluster
+                    else DISPATCH_POLL
+                ),
+            )
             self._dispatcher = dispatcher
             try:
                 await dispatcher.run()
@@ -435,10 +606,13 @@ class Daemon:
         extra = [SinkConfig(name=name, type="log") for name in self._extra_sinks]
         return [*config.sinks, *extra]
 
-    async def _watch_signals(self) -> None:
+    async def _watch_signals(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         with anyio.open_signal_receiver(
             signal.SIGTERM, signal.SIGINT, signal.SIGHUP
         ) as signals:
+            task_status.started()
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     await self._reopen_audit_log()
@@ -526,7 +700,13 @@ class Daemon:
         await journal.call(journal.set_sinks, self._sink_configs(new))
         if self.fleet is not None:
             clients = self._clients_for(new.servers, old.servers, session)
-            await self.fleet.reconfigure(new.servers, clients)
+            watched: Sequence[ServerConfig] = new.servers
+            if self.keeper is not None:
+                # A cluster node watches only what it holds; the keeper's next round
+                # takes or gives up servers the reload added or removed.
+                held = self.keeper.held
+                watched = [s for s in new.servers if s.name in held]
+            await self.fleet.reconfigure(watched, clients)
             self._clients = clients
         if new.sinks != old.sinks and self._dispatcher is not None:
             # Draining returns the old dispatcher's run(); the loop builds the new one.
@@ -579,14 +759,50 @@ class Daemon:
         return await journal.call(journal.outbox_summary, self._clock.now())
 
     def health(self) -> str | None:
-        """None when healthy, else why not (the journal cannot be written)."""
+        """None when healthy, else why not (the journal cannot be written).
+
+        On a cluster node also when the shared store cannot be reached by the lease
+        keeper: ``store unreachable: <reason> (N events waiting in memory)``.
+        """
+        recorder = self.recorder
+        failure = self._store_failure()
+        if failure is None:
+            return None
+        pending = recorder.pending_events if recorder is not None else 0
+        what = (
+            "store unreachable" if self.keeper is not None else "journal not writable"
+        )
+        if isinstance(failure, NodeNameInUse):
+            # The store works; this node must not take leases under that name.
+            what = "not polling"
+        return f"{what}: {failure.detail} ({pending} events waiting in memory)"
+
+    def _store_failure(self) -> JournalError | None:
+        """Why the journal (or on a cluster node, the store) fails; None if it works."""
         recorder = self.recorder
         if recorder is not None and recorder.failure is not None:
-            return (
-                f"journal not writable: {recorder.failure.detail} "
-                f"({recorder.pending_events} events waiting in memory)"
-            )
+            return recorder.failure
+        if self.keeper is not None:
+            return self.keeper.failure
         return None
+
+    def _fleet_view(self, peers: PeerStates) -> FleetView:
+        """A cluster node's whole fleet for ``/status`` and the dashboard."""
+        return peers.view([s.name for s in self.config.servers], self.states())
+
+    def cluster_stats(self) -> ClusterStats | None:
+        """This node's lease counters (``/metrics``); None when not in a cluster."""
+        keeper = self.keeper
+        if keeper is None:
+            return None
+        recorder = self.recorder
+        fenced = recorder.fenced_writes if recorder is not None else 0
+        stats = keeper.stats()
+        return replace(
+            stats,
+            fenced_writes=fenced,
+            store_up=stats.store_up and (recorder is None or recorder.failure is None),
+        )
 
     def events_by_type(self) -> Mapping[str, int]:
         """Events journaled by this process, by type."""
@@ -600,21 +816,37 @@ class Daemon:
         return self._latency
 
     def _status_line(self) -> str:
-        return f"watching {len(self.config.servers)} servers"
+        return f"watching {self._watching()} servers"
+
+    def _watching(self) -> str:
+        """How many servers this node polls: "N" alone, "N of M as node X" in a cluster."""
+        total = len(self.config.servers)
+        if self.keeper is None:
+            return str(total)
+        held = len(self.fleet.watching()) if self.fleet is not None else 0
+        return f"{held} of {total}"
 
     async def _status_line_full(self) -> str:
         states = self.fleet.states() if self.fleet is not None else {}
         running = sum(1 for s in states.values() if s.restore_active)
         failing = sum(1 for s in states.values() if s.unreachable_reported)
         line = (
-            f"watching {len(self.config.servers)} servers, "
-            f"{running} restores running, {failing} unreachable"
+            f"watching {self._watching()} servers"
+            + (f" as node {self.keeper.node}" if self.keeper is not None else "")
+            + f", {running} restores running, {failing} unreachable"
         )
         recorder = self.recorder
-        if recorder is not None and recorder.failure is not None:
+        failure = self._store_failure()
+        if failure is not None:
+            pending = recorder.pending_events if recorder is not None else 0
+            if self.keeper is not None:
+                return (
+                    f"{line}; STORE UNREACHABLE ({pending} events waiting in "
+                    f"memory): {failure.detail}"
+                )
             return (
-                f"{line}; JOURNAL FAILING ({recorder.pending_events} events in "
-                f"memory): {recorder.failure.detail}"
+                f"{line}; JOURNAL FAILING ({pending} events in "
+                f"memory): {failure.detail}"
             )
         journal = self.journal
         if journal is not None:
@@ -626,6 +858,26 @@ class Daemon:
             dead = sum(s.dead for s in summary)
             line += f", outbox {pending} pending, {dead} dead"
         return line
+
+
+class _FleetFollower:
+    """The lease keeper's view of the fleet: watch exactly the servers held."""
+
+    def __init__(self, daemon: Daemon, fleet: Fleet) -> None:
+        self._daemon = daemon
+        self._fleet = fleet
+
+    def states(self) -> Mapping[str, ServerState]:
+        """The tracker state of every server watched now."""
+        return self._fleet.states()
+
+    async def follow(
+        self, servers: Sequence[str], states: Mapping[str, ServerState]
+    ) -> None:
+        """Watch exactly ``servers`` (configured ones); new ones start from ``states``."""
+        wanted = set(servers)
+        configs = [s for s in self._daemon.config.servers if s.name in wanted]
+        await self._fleet.reconfigure(configs, self._daemon._clients, states=states)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,8 @@ Every error the package raises on purpose is a ``WatcherError``; foreign excepti
     │   ├── SklmAuthError                credentials rejected at login: a configuration problem
     │   └── SklmProtocolError            unexpected status, malformed or oversized body
     ├── JournalError                     the state database or the audit log failed
-    │   └── LeaseLost(server)            a cluster node no longer owns the server (fenced)
+    │   ├── LeaseLost(server)            a cluster node no longer owns the server (fenced)
+    │   └── NodeNameInUse(node)          another live process heartbeats under this node_name
     ├── DeliveryError(sink)              one sink, one delivery attempt
     └── SimulatorError                   the built-in SKLM simulator (tests, demo)
         ├── ScenarioError(problems)      a scenario file is unusable; also ValueError
@@ -224,6 +225,29 @@ class LeaseLost(JournalError):
         super().__init__(
             f"{server}: lease lost: {detail}",
             hint="another node polls this server now; nothing to do",
+        )
+
+
+class NodeNameInUse(JournalError):
+    """Another live process heartbeats under this node's ``node_name``.
+
+    Two processes with one name would take each other's leases back and forth, so
+    the second one takes nothing until the name is free (the first stops, or its
+    heartbeat is older than one lease: it crashed).
+
+    Args:
+        node: The name both use.
+        detail: Which process holds it (host, pid, how long ago it heartbeat).
+    """
+
+    transient = False
+
+    def __init__(self, node: str, detail: str) -> None:
+        self.node = node
+        super().__init__(
+            f"node_name {node!r} is in use by another live node: {detail}",
+            hint="give every node its own [watcher] node_name; a crashed process "
+            "frees its name one lease after its last heartbeat",
         )
 
 

@@ -30,7 +30,7 @@ from watcher.cadence import (
 )
 from watcher.clock import Clock
 from watcher.config import ServerConfig
-from watcher.errors import SklmError
+from watcher.errors import LeaseLost, SklmError
 from watcher.events import Event, log_level
 from watcher.phases import Phase, PollResult
 from watcher.tracker import Failure, Observation, ServerState, step
@@ -53,6 +53,8 @@ EVENT: Final = "event"
 WATCH_CRASHED: Final = "watch.crashed"
 WATCH_STARTED: Final = "watch.started"
 WATCH_STOPPED: Final = "watch.stopped"
+#: A cluster node stopped watching a server another node owns now (fenced write).
+WATCH_FENCED: Final = "watch.fenced"
 LOGOUT_FAILED: Final = "watch.logout_failed"
 
 
@@ -82,7 +84,11 @@ class Recorder(Protocol):
     async def record(
         self, server: str, state: ServerState, events: Sequence[Event]
     ) -> None:
-        """Store ``state`` and ``events`` for ``server``; raise if that failed."""
+        """Store ``state`` and ``events`` for ``server``; raise if that failed.
+
+        Raises ``LeaseLost`` when this node may no longer write ``server`` (a
+        cluster peer owns it now): the server's loop then ends quietly.
+        """
         ...
 
 
@@ -118,6 +124,9 @@ class ServerWatch:
         jitter: Fraction (0..1) by which delays are spread.
         on_poll: Called after every poll with its latency and whether it answered
             (metrics); must be cheap.
+        first_poll_within: Seconds within which the first poll comes (uniformly
+            spread; at once while a restore runs); None to spread it over the
+            server's first interval.
     """
 
     def __init__(
@@ -131,6 +140,7 @@ class ServerWatch:
         rng: random.Random,
         jitter: float,
         on_poll: PollObserver | None = None,
+        first_poll_within: float | None = None,
     ) -> None:
         self.config = config
         self.poller = poller
@@ -147,6 +157,7 @@ class ServerWatch:
         self._jitter = check_jitter(jitter)
         self._log = log.bind(server=config.name)
         self._on_poll = on_poll
+        self._first_poll_within = first_poll_within
         # Log on transitions, not per poll (Home Assistant's coordinator rule): the
         # kind of failure the last poll had, since when and over how many polls.
         self._failing: Failure | None = None
@@ -166,15 +177,27 @@ class ServerWatch:
     async def run(self) -> None:
         """Poll forever: first after a random offset, then as the cadence says.
 
-        Returns only when cancelled. Any ``Exception`` in one iteration is logged
-        (``watch.crashed``) and the loop backs off and goes on; cancellation always
-        propagates.
+        Returns when cancelled, or when the recorder says this node lost the
+        server's lease (``LeaseLost``: another node polls it now). Any other
+        ``Exception`` in one iteration is logged (``watch.crashed``) and the loop
+        backs off and goes on; cancellation always propagates.
         """
         clock = self._clock
-        await clock.sleep(initial_delay(self.config, self.state, self._rng))
+        first = initial_delay(self.config, self.state, self._rng)
+        if self._first_poll_within is not None:
+            # A cluster node that just took the server over: poll soon, and a
+            # running restore at once (its next phase may be the completion).
+            state = self.state
+            busy = state.restore_active or state.awaiting_restart
+            spread = 0.0 if busy else self._first_poll_within
+            first = min(first, spread * self._rng.random())
+        await clock.sleep(first)
         while True:
             try:
                 delay = await self.poll_once()
+            except LeaseLost as exc:
+                self._log.info(WATCH_FENCED, detail=str(exc))
+                return
             except Exception:  # noqa: BLE001 - the supervision boundary, logged below
                 self.crashes += 1
                 delay, self.cadence = after_crash(
@@ -364,6 +387,14 @@ class Fleet:
         rng: Source of offsets and jitter; a fresh ``random.Random()`` when None.
         jitter: Fraction (0..1) by which delays are spread.
         on_poll: Called after every poll with its latency and whether it answered.
+        first_poll_within: Seconds within which a server added by
+            :meth:`reconfigure` with a state (a cluster takeover) is first polled;
+            None to spread its first poll over its first interval.
+
+    A cluster node starts with no servers and follows its leases: servers it takes
+    come in through :meth:`reconfigure` with the stored state, ones it gives up
+    leave the same way, and one whose lease was lost stops at once
+    (:meth:`abandon`).
 
     Raises:
         ValueError: ``jitter`` outside [0, 1], or a server without a poller.
@@ -380,9 +411,11 @@ class Fleet:
         rng: random.Random | None = None,
         jitter: float = 0.1,
         on_poll: PollObserver | None = None,
+        first_poll_within: float | None = None,
     ) -> None:
         self._recorder = recorder
         self._on_poll = on_poll
+        self._first_poll_within = first_poll_within
         self._clock = clock
         # Spreading polls, not cryptography.
         self._rng = rng if rng is not None else random.Random()  # noqa: S311
@@ -406,6 +439,10 @@ class Fleet:
         """Return every server's loop counters."""
         return {name: watch.stats() for name, watch in self._watches.items()}
 
+    def watching(self) -> set[str]:
+        """Return the names of the servers watched now."""
+        return set(self._watches)
+
     async def run(self) -> None:
         """Watch every server until cancelled; returns only when cancelled."""
         try:
@@ -419,17 +456,24 @@ class Fleet:
             self._running.clear()
 
     async def reconfigure(
-        self, servers: Sequence[ServerConfig], pollers: Mapping[str, Poller]
+        self,
+        servers: Sequence[ServerConfig],
+        pollers: Mapping[str, Poller],
+        *,
+        states: Mapping[str, ServerState] | None = None,
     ) -> None:
-        """Apply a reloaded server list (SIGHUP).
+        """Apply a new server list (SIGHUP, or a cluster node's leases changed).
 
-        New servers start with a fresh state; removed ones stop and are logged out;
-        servers whose config or poller changed restart, keeping their tracker state
-        and counters. Unchanged servers are not touched.
+        New servers start from ``states`` (a cluster node resumes a server it took
+        over from the shared state) or a fresh state; removed ones stop and are
+        logged out; servers whose config or poller changed restart, keeping their
+        tracker state and counters. Unchanged servers are not touched, and
+        ``states`` is ignored for servers already watched.
 
         Raises:
             ValueError: A server without a poller (nothing is changed then).
         """
+        known = states or {}
         wanted = {config.name: config for config in servers}
         new_pollers = {name: _poller(pollers, c) for name, c in wanted.items()}
         if self._lock is None:
@@ -438,7 +482,9 @@ class Fleet:
             dropped: list[Poller] = []
             for name in [n for n in self._watches if n not in wanted]:
                 await self._stop(name)
-                dropped.append(self._watches.pop(name).poller)
+                gone = self._watches.pop(name, None)
+                if gone is not None:  # not abandon()ed meanwhile
+                    dropped.append(gone.poller)
                 log.info(WATCH_STOPPED, server=name)
             for name, config in wanted.items():
                 poller = new_pollers[name]
@@ -449,17 +495,45 @@ class Fleet:
                     await self._stop(name)
                     if old.poller is not poller:
                         dropped.append(old.poller)
-                watch = self._watch(config, poller, old.state if old else None)
                 if old is not None:
+                    watch = self._watch(config, poller, old.state)
                     _carry_counters(old, watch)
+                else:
+                    taken_over = known.get(name)
+                    watch = self._watch(
+                        config, poller, taken_over, prompt=taken_over is not None
+                    )
                 self._watches[name] = watch
                 if self._tg is not None:
                     self._launch(self._tg, watch)
                 log.info(WATCH_STARTED, server=name, restarted=old is not None)
             await _logout_all(dropped)
 
+    def abandon(self, name: str) -> bool:
+        """Stop watching ``name`` at once (its lease was lost); return if it was watched.
+
+        Synchronous, so the recorder can call it from inside the server's own loop:
+        the loop is cancelled (not awaited) and forgotten, and its session is logged
+        out in the background. A later :meth:`reconfigure` may start it again.
+        """
+        watch = self._watches.pop(name, None)
+        running = self._running.pop(name, None)
+        if running is not None:
+            running.scope.cancel()
+        if watch is None:
+            return False
+        log.info(WATCH_STOPPED, server=name, lease_lost=True)
+        if self._tg is not None:
+            self._tg.start_soon(_logout, watch.poller, name=f"logout {name}")
+        return True
+
     def _watch(
-        self, config: ServerConfig, poller: Poller, state: ServerState | None
+        self,
+        config: ServerConfig,
+        poller: Poller,
+        state: ServerState | None,
+        *,
+        prompt: bool = False,
     ) -> ServerWatch:
         return ServerWatch(
             config,
@@ -470,6 +544,7 @@ class Fleet:
             rng=self._rng,
             jitter=self._jitter,
             on_poll=self._on_poll,
+            first_poll_within=self._first_poll_within if prompt else None,
         )
 
     def _launch(self, tg: TaskGroup, watch: ServerWatch) -> None:

@@ -81,6 +81,22 @@ reader of them.
 
     {"server": str, "phase": str | null, "code": int | null, "latency": float,
      "error": str | null, "error_kind": str | null}
+
+``status`` in a cluster (:func:`cluster_status_json`): the ``status`` object plus
+``"node": str | null``, the node whose unexpired lease polls the server (null: none);
+``daemon_running`` is then whether that node is alive.
+
+``cluster`` (:func:`cluster_json`)::
+
+    {"nodes": [{"name": str, "alive": bool, "left": bool, "leases": int,
+                "heartbeat_at": time, "heartbeat_age": float, "version": str,
+                "host": str, "pid": int, "started_at": time, "left_at": time | null}],
+     "servers": int, "without_owner": [str, ...]}
+
+    ``alive``: heartbeat within one lease period and not left; ``leases`` the
+    unexpired server leases it holds; ``heartbeat_age`` seconds from its last
+    heartbeat (the store's clock) to the command's ``now``; ``servers`` how many are
+    configured, and ``without_owner`` those of them no live node holds a lease on.
 """
 
 from __future__ import annotations
@@ -343,6 +359,18 @@ def status_json(row: StatusRecord) -> dict[str, Any]:
         "as_of": optional_time(row.as_of),
         "stalled": row.stalled,
     }
+
+
+class ClusterStatusRecord(StatusRecord, Protocol):
+    """What :func:`cluster_status_json` reads (``views.ClusterStatusRow``)."""
+
+    @property
+    def node(self) -> str | None: ...  # noqa: D102
+
+
+def cluster_status_json(row: ClusterStatusRecord) -> dict[str, Any]:
+    """One server's ``status --json`` object in a cluster: with ``node``."""
+    return {**status_json(row), "node": row.node}
 
 
 def is_stalled(state: ServerState) -> bool:
@@ -640,4 +668,77 @@ def silence_json(silence: SilenceRecord) -> dict[str, Any]:
         "created_at": format_time(silence.created_at),
         "removed_at": optional_time(silence.removed_at),
         "removed_by": silence.removed_by,
+    }
+
+
+# --- cluster ----------------------------------------------------------------------
+
+
+class NodeRecord(Protocol):
+    """One node as the store knows it (``store.base.NodeRow``)."""
+
+    @property
+    def name(self) -> str: ...  # noqa: D102
+    @property
+    def version(self) -> str: ...  # noqa: D102
+    @property
+    def host(self) -> str: ...  # noqa: D102
+    @property
+    def pid(self) -> int: ...  # noqa: D102
+    @property
+    def started_at(self) -> datetime: ...  # noqa: D102
+    @property
+    def heartbeat_at(self) -> datetime: ...  # noqa: D102
+    @property
+    def alive(self) -> bool: ...  # noqa: D102
+    @property
+    def leases(self) -> int: ...  # noqa: D102
+    @property
+    def left_at(self) -> datetime | None: ...  # noqa: D102
+
+
+class NodeStatusRecord(Protocol):
+    """One row of ``cluster`` (``views.NodeStatusRow``)."""
+
+    @property
+    def node(self) -> NodeRecord: ...  # noqa: D102
+    @property
+    def heartbeat_age(self) -> float: ...  # noqa: D102
+
+
+class ClusterRecord(Protocol):
+    """The whole ``cluster`` view (``views.ClusterView``)."""
+
+    @property
+    def nodes(self) -> Sequence[NodeStatusRecord]: ...  # noqa: D102
+    @property
+    def servers(self) -> int: ...  # noqa: D102
+    @property
+    def without_owner(self) -> Sequence[str]: ...  # noqa: D102
+
+
+def node_json(row: NodeStatusRecord) -> dict[str, Any]:
+    """One node of ``cluster --json`` (module docstring)."""
+    node = row.node
+    return {
+        "name": node.name,
+        "alive": node.alive,
+        "left": node.left_at is not None,
+        "leases": node.leases,
+        "heartbeat_at": format_time(node.heartbeat_at),
+        "heartbeat_age": row.heartbeat_age,
+        "version": node.version,
+        "host": node.host,
+        "pid": node.pid,
+        "started_at": format_time(node.started_at),
+        "left_at": optional_time(node.left_at),
+    }
+
+
+def cluster_json(view: ClusterRecord) -> dict[str, Any]:
+    """The ``cluster --json`` object (module docstring)."""
+    return {
+        "nodes": [node_json(row) for row in view.nodes],
+        "servers": view.servers,
+        "without_owner": list(view.without_owner),
     }

@@ -198,6 +198,69 @@ class SinkBacklog(Protocol):
         ...
 
 
+class ClusterReading(Protocol):
+    """A cluster node's lease counters (``leasing.ClusterStats`` satisfies it)."""
+
+    @property
+    def node(self) -> str:
+        """This node's name."""
+        ...
+
+    @property
+    def leases_held(self) -> int:
+        """Server leases held now."""
+        ...
+
+    @property
+    def takeovers(self) -> int:
+        """Leases taken over from a node whose lease had expired."""
+        ...
+
+    @property
+    def handoffs(self) -> int:
+        """Leases taken that their previous holder had given up."""
+        ...
+
+    @property
+    def released(self) -> int:
+        """Leases given up to rebalance."""
+        ...
+
+    @property
+    def leases_lost(self) -> int:
+        """Leases lost without giving them up (taken over after a pause or cut)."""
+        ...
+
+    @property
+    def fenced_writes(self) -> int:
+        """Writes the store refused because the lease was gone."""
+        ...
+
+    @property
+    def store_failures(self) -> int:
+        """Times the shared store became unreachable."""
+        ...
+
+    @property
+    def store_up(self) -> bool:
+        """Whether the store answers now."""
+        ...
+
+
+class FleetReading(Protocol):
+    """A cluster node's view of the whole fleet (``peers.FleetView`` satisfies it)."""
+
+    @property
+    def states(self) -> Mapping[str, ServerState]:
+        """Every configured server's state, in configuration order."""
+        ...
+
+    @property
+    def owners(self) -> Mapping[str, str]:
+        """The node polling each server (missing: none now)."""
+        ...
+
+
 class StatusSource(Protocol):
     """What the status endpoint reads; the daemon implements it.
 
@@ -382,6 +445,12 @@ class Snapshot:
         problem: None when healthy, else the one-line reason(s).
         loop_lag: Seconds the last heartbeat came late; None without a heartbeat.
         at: When it was read (``/status`` ``as_of``); None when not known.
+        cluster: A cluster node's lease counters; None on a single node.
+        fleet: On a cluster node, every configured server's state (its own live
+            ones, the peers' as last stored); None on a single node. ``/status``
+            and the dashboard show it; the per-server metrics stay this node's own
+            (``states``), so each server has one exporter.
+        owners: With ``fleet``: the node polling each server (missing: none).
     """
 
     version: str
@@ -394,6 +463,9 @@ class Snapshot:
     problem: str | None = None
     loop_lag: float | None = None
     at: datetime | None = None
+    cluster: ClusterReading | None = None
+    fleet: Mapping[str, ServerState] | None = None
+    owners: Mapping[str, str] | None = None
 
 
 def _name(suffix: str) -> str:
@@ -423,6 +495,7 @@ def metric_families(snapshot: Snapshot) -> list[Metric]:
     families += _event_families(snapshot)
     families += _outbox_families(snapshot)
     families += _alert_families(snapshot)
+    families += _cluster_families(snapshot.cluster)
     if snapshot.loop_lag is not None:
         lag = GaugeMetricFamily(
             _name("event_loop_lag_seconds"),
@@ -563,6 +636,64 @@ def _alert_families(snapshot: Snapshot) -> list[Metric]:
     return [stalled, readable]
 
 
+def _cluster_families(cluster: ClusterReading | None) -> list[Metric]:
+    """A cluster node's lease gauges and counters (none on a single node)."""
+    if cluster is None:
+        return []
+    node = GaugeMetricFamily(
+        _name("cluster_node_info"),
+        "This cluster node's name (always 1).",
+        labels=["node"],
+    )
+    node.add_metric([cluster.node], 1)
+    held = GaugeMetricFamily(
+        _name("cluster_leases_held"), "Server leases this node holds now."
+    )
+    held.add_metric([], cluster.leases_held)
+    up = GaugeMetricFamily(
+        _name("cluster_store_up"),
+        "1 while the shared store answers this node, else 0.",
+    )
+    up.add_metric([], 1 if cluster.store_up else 0)
+    families: list[Metric] = [node, held, up]
+    for suffix, text, value in (
+        (
+            "cluster_takeovers",
+            "Leases taken over from a node whose lease had expired.",
+            cluster.takeovers,
+        ),
+        (
+            "cluster_handoffs",
+            "Leases taken that their previous holder had given up.",
+            cluster.handoffs,
+        ),
+        (
+            "cluster_leases_released",
+            "Leases this node gave up to rebalance.",
+            cluster.released,
+        ),
+        (
+            "cluster_leases_lost",
+            "Leases this node lost without giving them up.",
+            cluster.leases_lost,
+        ),
+        (
+            "cluster_fenced_writes",
+            "Writes the store refused: the server's lease was gone.",
+            cluster.fenced_writes,
+        ),
+        (
+            "cluster_store_failures",
+            "Times the shared store became unreachable.",
+            cluster.store_failures,
+        ),
+    ):
+        counter = CounterMetricFamily(_name(suffix), text)
+        counter.add_metric([], value)
+        families.append(counter)
+    return families
+
+
 class _SnapshotCollector:
     """A prometheus_client collector that reads one snapshot at scrape time."""
 
@@ -598,12 +729,27 @@ def status_document(snapshot: Snapshot) -> dict[str, Any]:
         "healthy": snapshot.problem is None,
         "problem": snapshot.problem,
         "servers": [
-            schema.daemon_server_json(name, state, snapshot.stats.get(name))
-            for name, state in snapshot.states.items()
+            _with_node(
+                name,
+                schema.daemon_server_json(name, state, snapshot.stats.get(name)),
+                snapshot,
+            )
+            for name, state in (
+                snapshot.fleet if snapshot.fleet is not None else snapshot.states
+            ).items()
         ],
         "outbox": outbox,
         "outbox_error": snapshot.outbox_error,
     }
+
+
+def _with_node(name: str, server: dict[str, Any], snapshot: Snapshot) -> dict[str, Any]:
+    """A cluster node's ``/status`` names each server's poller (null: none now)."""
+    if snapshot.owners is not None:
+        server["node"] = snapshot.owners.get(name)
+    elif snapshot.cluster is not None:
+        server["node"] = snapshot.cluster.node
+    return server
 
 
 def render_status(snapshot: Snapshot) -> bytes:
@@ -629,6 +775,7 @@ class StatusServer:
         stream: The live event stream (``/api/events/stream``).
         auth: Credentials every path but ``/healthz`` then requires.
         assets: The dashboard's pages and assets (default: the package's).
+        cluster: Returns a cluster node's lease counters (None on a single node).
     """
 
     def __init__(
@@ -644,8 +791,12 @@ class StatusServer:
         stream: EventStream | None = None,
         auth: HttpAuth | None = None,
         assets: Path | None = None,
+        cluster: Callable[[], ClusterReading | None] | None = None,
+        fleet: Callable[[], FleetReading] | None = None,
     ) -> None:
         self._source = source
+        self._cluster = cluster
+        self._fleet = fleet
         self._auth = auth if auth is not None and auth.configured else None
         self._stream = stream
         self._now = now or _wall_clock
@@ -743,6 +894,7 @@ class StatusServer:
         outbox, outbox_error = await self._read_outbox()
         source = self._source
         heartbeat = self._heartbeat
+        fleet = self._fleet() if self._fleet is not None else None
         return Snapshot(
             version=self._version,
             states=dict(source.states()),
@@ -754,10 +906,16 @@ class StatusServer:
             problem=self.problem(),
             loop_lag=heartbeat.lag if heartbeat is not None else None,
             at=self._now(),
+            cluster=self._cluster() if self._cluster is not None else None,
+            fleet=fleet.states if fleet is not None else None,
+            owners=fleet.owners if fleet is not None else None,
         )
 
     def _states(self) -> Mapping[str, ServerState]:
         # A copy taken on the loop: the dashboard renders it in a worker thread.
+        # A cluster node shows the whole fleet, not only the servers it polls.
+        if self._fleet is not None:
+            return dict(self._fleet().states)
         return dict(self._source.states())
 
     @web.middleware

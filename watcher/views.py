@@ -12,7 +12,7 @@ JSON forms (stable: fields are added, never renamed or removed) are built by
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, ClassVar, Final, Protocol, TextIO
@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Final, Protocol, TextIO
 from watcher import schema
 from watcher.events import Event, EventType, format_time, parse_time
 from watcher.phases import Phase
-from watcher.store.base import History
+from watcher.store.base import History, Lease, NodeRow
 from watcher.tracker import Health, ServerState, health_of
 
 #: ``ServerState.from_dict`` rebases monotonic readings from ``at``; the views use
@@ -236,6 +236,54 @@ def with_daemon(
 ) -> list[ServerStatusRow]:
     """The rows marked with whether a daemon runs (the CLI finds out from the lock)."""
     return [replace(row, daemon_running=daemon_running) for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterStatusRow(ServerStatusRow):
+    """A server's status in a cluster, with the node that polls it (NODE column)."""
+
+    HEADERS: ClassVar[tuple[str, ...]] = (
+        ServerStatusRow.HEADERS[0],
+        "NODE",
+        *ServerStatusRow.HEADERS[1:],
+    )
+
+    #: The node whose unexpired lease polls the server; None when none holds one.
+    node: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """``status --json`` with ``node`` (:func:`watcher.schema.cluster_status_json`)."""
+        return schema.cluster_status_json(self)
+
+    def cells(self) -> tuple[str, ...]:
+        """:class:`ServerStatusRow`'s cells with the node after the server's name."""
+        # Called through the base class: zero-argument super() does not work in a
+        # slots dataclass (the decorator builds a new class).
+        server, *rest = ServerStatusRow.cells(self)
+        return (server, self.node or "-", *rest)
+
+
+def lease_holders(leases: Sequence[Lease], now: datetime) -> dict[str, str]:
+    """Each server's node, for the leases not expired at ``now``.
+
+    ``expires_at`` is on the store's clock and ``now`` the reader's: within the
+    clock skew of the two (NTP keeps it small) a lease just expired or renewed may
+    show either way; the next look tells.
+    """
+    return {lease.server: lease.node for lease in leases if lease.expires_at > now}
+
+
+def with_nodes(
+    rows: Sequence[ServerStatusRow], holders: Mapping[str, str]
+) -> list[ClusterStatusRow]:
+    """The status rows of a cluster: each with the node that holds its lease."""
+    return [
+        ClusterStatusRow(
+            **{f.name: getattr(row, f.name) for f in fields(row)},
+            node=holders.get(row.server),
+        )
+        for row in rows
+    ]
 
 
 def data_age(as_of: datetime | None, now: datetime) -> str:
@@ -748,6 +796,112 @@ def _server_back(
         # about the restart: it must not end ``follow`` as if the server were back.
         return None
     return True  # answering again, though no restart was seen
+
+
+# --- cluster --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatusRow:
+    """One node of the cluster (``sklm-watcher cluster``)."""
+
+    HEADERS: ClassVar[tuple[str, ...]] = (
+        "NODE",
+        "ALIVE",
+        "LEASES",
+        "LAST HEARTBEAT",
+        "VERSION",
+        "HOST",
+        "PID",
+    )
+
+    node: NodeRow
+    #: Seconds from its last heartbeat to the ``now`` the view was built for.
+    heartbeat_age: float
+
+    def to_json(self) -> dict[str, Any]:
+        """The stable JSON form (:func:`watcher.schema.node_json`)."""
+        return schema.node_json(self)
+
+    def cells(self) -> tuple[str, ...]:
+        """The table cells (``left`` for a node stopped cleanly)."""
+        n = self.node
+        if n.alive:
+            alive = "yes"
+        elif n.left_at is not None:
+            alive = "left"
+        else:
+            alive = "no"
+        return (
+            n.name,
+            alive,
+            str(n.leases),
+            f"{_duration_text(self.heartbeat_age)} ago",
+            n.version,
+            n.host,
+            str(n.pid),
+        )
+
+    def style(self) -> str:
+        """Red for a node that stopped heartbeating without leaving; dim once left."""
+        if self.node.alive:
+            return ""
+        return "dim" if self.node.left_at is not None else "bold red"
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterView:
+    """The cluster as ``sklm-watcher cluster`` shows it."""
+
+    nodes: tuple[NodeStatusRow, ...]
+    #: How many servers are configured.
+    servers: int
+    #: Configured servers that no live node holds an unexpired lease on.
+    without_owner: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """The stable JSON form (:func:`watcher.schema.cluster_json`)."""
+        return schema.cluster_json(self)
+
+    def owner_line(self) -> str:
+        """One sentence on the servers nobody polls now."""
+        if not self.without_owner:
+            return f"every configured server ({self.servers}) has a live owner"
+        count = len(self.without_owner)
+        verb = "has" if count == 1 else "have"
+        then = (
+            "a live node takes them over within one lease"
+            if any(row.node.alive for row in self.nodes)
+            else "no node is alive: nobody polls them until one starts"
+        )
+        return (
+            f"{count} of {self.servers} servers {verb} no live owner ({then}): "
+            f"{', '.join(self.without_owner)}"
+        )
+
+
+def cluster_view(
+    nodes: Sequence[NodeRow],
+    leases: Sequence[Lease],
+    servers: Sequence[str],
+    now: datetime,
+) -> ClusterView:
+    """The nodes (by name) and the configured servers without a live owner.
+
+    Args:
+        nodes: Every node the store knows (``ClusterStore.nodes()``).
+        leases: Every server lease (``ClusterStore.leases()``).
+        servers: The configured servers, in the order to name them.
+        now: The instant heartbeat ages and lease expiry are measured at.
+    """
+    alive = {n.name for n in nodes if n.alive}
+    holders = lease_holders(leases, now)
+    rows = tuple(
+        NodeStatusRow(n, max(0.0, _seconds(now - n.heartbeat_at)))
+        for n in sorted(nodes, key=lambda n: n.name)
+    )
+    without = tuple(s for s in servers if holders.get(s) not in alive)
+    return ClusterView(rows, len(servers), without)
 
 
 # --- rendering ------------------------------------------------------------------

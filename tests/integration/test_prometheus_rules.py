@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from tests.promql_names import (
     queried_names,
     rule_exprs,
 )
+from watcher.leasing import ClusterStats
 from watcher.phases import Phase
 from watcher.service import LatencyHistogram, Snapshot, render_metrics
 from watcher.tracker import ServerState
@@ -57,6 +58,11 @@ EXPECTED_ALERTS = {
     "SKLMServerNotWatchable",
     "SKLMWatcherDeadLetters",
     "SKLMWatcherOutboxStuck",
+    # Issue 13: a cluster of nodes sharing a PostgreSQL store.
+    "SKLMWatcherClusterStoreDown",
+    "SKLMWatcherClusterTakeover",
+    "SKLMWatcherClusterFencedWrites",
+    "SKLMWatcherClusterLeasesUnbalanced",
 }
 
 
@@ -82,7 +88,7 @@ class Backlog:
 
 
 def full_snapshot() -> Snapshot:
-    """A snapshot in which every metric family has samples (outbox, lag, latency)."""
+    """A snapshot in which every metric family has samples (outbox, lag, cluster)."""
     latency = LatencyHistogram((0.1, 1.0))
     latency.observe(0.05)
     return Snapshot(
@@ -103,6 +109,18 @@ def full_snapshot() -> Snapshot:
         latency={"ok": latency.reading()},
         loop_lag=0.001,
         at=T0,
+        # A cluster node's reading: a single node renders no cluster family.
+        cluster=ClusterStats(
+            node="node-a",
+            leases_held=1,
+            takeovers=1,
+            handoffs=0,
+            released=0,
+            leases_lost=0,
+            store_failures=0,
+            store_up=True,
+            fenced_writes=0,
+        ),
     )
 
 
@@ -226,6 +244,30 @@ def test_the_name_check_would_catch_a_typo() -> None:
     assert "sklm_watcher_outbox_dead_total" not in exported()
 
 
+#: The cluster alerts and the cluster metric each one watches (issue 13).
+CLUSTER_ALERTS = {
+    "SKLMWatcherClusterStoreDown": "sklm_watcher_cluster_store_up",
+    "SKLMWatcherClusterTakeover": "sklm_watcher_cluster_takeovers_total",
+    "SKLMWatcherClusterFencedWrites": "sklm_watcher_cluster_fenced_writes_total",
+    "SKLMWatcherClusterLeasesUnbalanced": "sklm_watcher_cluster_leases_held",
+}
+
+
+def test_the_cluster_rules_watch_what_only_a_cluster_node_exports() -> None:
+    """Each cluster alert reads its cluster metric; a single node renders none."""
+    exprs = rule_exprs()
+    for alert, name in CLUSTER_ALERTS.items():
+        assert name in daemon_names(exprs[alert]), alert
+    # Without a cluster reading the names are absent, so the exported-names check
+    # above only passes because full_snapshot() is a cluster node's.
+    single = replace(full_snapshot(), cluster=None)
+    alone = exported_names(render_metrics(single).decode())
+    assert not {n for n in alone if n.startswith("sklm_watcher_cluster_")}
+    assert set(CLUSTER_ALERTS.values()) <= exported()
+    # A takeover is counted by the survivor: the rule sums over the job.
+    assert exprs["SKLMWatcherClusterTakeover"].startswith("sum by (job) (")
+
+
 # --- the dashboard ------------------------------------------------------------------
 
 
@@ -278,3 +320,28 @@ def test_dashboard_shows_what_the_issue_lists() -> None:
     ):
         assert name in exprs, name
     assert DASHBOARD.read_text(encoding="utf-8").endswith("}\n")
+
+
+def test_dashboard_has_a_cluster_row() -> None:
+    """A "Cluster" row: leases and store per node, takeover/hand-off/fenced rates."""
+    panels = dashboard()["panels"]
+    rows = [p for p in panels if p.get("type") == "row"]
+    assert "Cluster" in [r["title"] for r in rows]
+    cluster_y = next(r["gridPos"]["y"] for r in rows if r["title"] == "Cluster")
+    below = [
+        p
+        for p in dashboard_panels()
+        if p["gridPos"]["y"] > cluster_y
+        and not any(cluster_y < r["gridPos"]["y"] <= p["gridPos"]["y"] for r in rows)
+    ]
+    exprs = " ".join(t["expr"] for p in below for t in p["targets"])
+    for name in (
+        "sklm_watcher_cluster_leases_held",
+        "sklm_watcher_cluster_store_up",
+        "sklm_watcher_cluster_takeovers_total",
+        "sklm_watcher_cluster_handoffs_total",
+        "sklm_watcher_cluster_fenced_writes_total",
+    ):
+        assert name in exprs, name
+    # Per node: the node's name comes from cluster_node_info, joined on the target.
+    assert "sklm_watcher_cluster_node_info" in exprs

@@ -2,7 +2,9 @@
 
 Only the public protocol (:class:`watcher.store.base.Store`) is used here, so a new
 implementation joins by adding one opener to ``IMPLEMENTATIONS``; what only SQLite
-does (its file, lock, schema, audit-file repair) is in ``tests/unit/test_journal.py``.
+does (its file, lock, schema, audit-file repair) is in ``tests/unit/test_journal.py``,
+what only PostgreSQL does (leases, fencing, the shared chain) in
+``tests/integration/store/``.
 """
 
 from __future__ import annotations
@@ -28,16 +30,34 @@ T0 = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
 OPS = SinkConfig(name="ops", type="webhook")
 
 #: Opens a store on fresh (per-test) storage with these sinks; opening again after
-#: a close reaches the same data.
-Opener = Callable[[Path, VirtualClock, Sequence[SinkConfig]], Store]
+#: a close reaches the same data. The storage is the value of the fixture that
+#: ``STORAGE`` names for the implementation (a directory, a database URL).
+Opener = Callable[[Any, VirtualClock, Sequence[SinkConfig]], Store]
+
+#: Every server the tests below record: the PostgreSQL store records only servers
+#: whose lease it holds (fencing), so its opener takes these first.
+SERVERS = ("a", "b", "prod-1", "lab-1")
 
 
 def _sqlite(root: Path, clock: VirtualClock, sinks: Sequence[SinkConfig]) -> Store:
     return SqliteStore.open(root / "state", root / "events.jsonl", sinks, clock=clock)
 
 
-#: name -> opener; the PostgreSQL store adds its own.
-IMPLEMENTATIONS: dict[str, Opener] = {"sqlite": _sqlite}
+def _postgresql(url: str, clock: VirtualClock, sinks: Sequence[SinkConfig]) -> Store:
+    from watcher.store.postgres import PostgresStore
+
+    store = PostgresStore.open(
+        url, sinks, node_name="contract", lease_seconds=600, clock=clock
+    )
+    # A reopened store takes them back from its earlier self (same node name).
+    assert len(store.take(SERVERS, len(SERVERS))) == len(SERVERS)
+    return store
+
+
+#: name -> opener.
+IMPLEMENTATIONS: dict[str, Opener] = {"sqlite": _sqlite, "postgresql": _postgresql}
+#: name -> the fixture giving the opener its fresh storage.
+STORAGE: dict[str, str] = {"sqlite": "tmp_path", "postgresql": "pg_url"}
 
 
 def at(seconds: float) -> datetime:
@@ -98,14 +118,15 @@ def clock() -> VirtualClock:
 
 @pytest.fixture(params=sorted(IMPLEMENTATIONS))
 def open_store(
-    request: pytest.FixtureRequest, tmp_path: Path, clock: VirtualClock
+    request: pytest.FixtureRequest, clock: VirtualClock
 ) -> Iterator[Callable[..., Store]]:
     """``open_store(sinks=(OPS,))`` for one implementation; every store closed after."""
     opener = IMPLEMENTATIONS[request.param]
+    storage = request.getfixturevalue(STORAGE[request.param])
     opened: list[Store] = []
 
     def open_one(sinks: Sequence[SinkConfig] = (OPS,)) -> Store:
-        store = opener(tmp_path, clock, sinks)
+        store = opener(storage, clock, sinks)
         opened.append(store)
         return store
 

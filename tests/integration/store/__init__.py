@@ -1,0 +1,1 @@
+"""Integration tests of the stores against real databases (PostgreSQL: ``pg_url``)."""
