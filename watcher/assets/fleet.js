@@ -297,7 +297,9 @@ async function renderStatus(list) {
       entry = buildRow(name);
       rows.set(name, entry);
     }
-    if (isStale(entry, row) || behind(name, row)) continue;
+    // An answer older than what the row shows is skipped, unless the row shows
+    // nothing yet (a new row must have a state to sort and count by).
+    if ((isStale(entry, row) || behind(name, row)) && entry.row !== null) continue;
     const sig = signature(row);
     if (sig !== entry.sig) {
       entry.sig = sig;
@@ -343,7 +345,9 @@ function renderSome(list) {
       rows.set(name, entry);
       moved = true;
     }
-    if (isStale(entry, row) || behind(name, row)) continue;
+    // An answer older than what the row shows is skipped, unless the row shows
+    // nothing yet (a new row must have a state to sort and count by).
+    if ((isStale(entry, row) || behind(name, row)) && entry.row !== null) continue;
     const sig = signature(row);
     if (sig !== entry.sig) {
       const before = entry.sev;
