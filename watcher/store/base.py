@@ -98,6 +98,27 @@ class Silence:
         return schema.silence_json(self)
 
 
+def wanted_sinks(event: Event, sinks: Sequence[SinkConfig]) -> list[str]:
+    """The sinks that get an outbox row for ``event`` (their ``events`` / ``servers``)."""
+    return [sink.name for sink in sinks if sink.wants(str(event.type), event.server)]
+
+
+def outbox_status(
+    event: Event, active: Sequence[Silence]
+) -> tuple[OutboxStatus, str | None]:
+    """How a new event's outbox rows start: pending, or suppressed by a silence (why)."""
+    silence = next(
+        (x for x in active if x.is_active(event.time) and x.matches(event.server)),
+        None,
+    )
+    if silence is None:
+        return OutboxStatus.PENDING, None
+    return (
+        OutboxStatus.SUPPRESSED,
+        f"silenced (silence {silence.id}: {silence.reason})",
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class AuditLine:
     """One event as the audit log holds it: its ``auditseq`` and the whole line."""

@@ -26,7 +26,12 @@ from watcher.audit import AuditPosition, chain_line, line_hash
 from watcher.config import SinkConfig
 from watcher.errors import JournalError, LeaseLost
 from watcher.events import Event
-from watcher.store.base import AuditLine, OutboxStatus, Silence
+from watcher.store.base import (
+    AuditLine,
+    Silence,
+    outbox_status,
+    wanted_sinks,
+)
 from watcher.store.postgres import silences
 from watcher.store.postgres.schema import from_us, to_us
 
@@ -114,21 +119,12 @@ def store_transition(
             continue
         seq = int(row[0])
         new.append((event, seq, line))
-        wanted = [
-            sink.name for sink in sinks if sink.wants(str(event.type), event.server)
-        ]
+        wanted = wanted_sinks(event, sinks)
         if not wanted:
             continue
         if active is None:
             active = silences.active(cur, min(e.time for e in events))
-        silence = next(
-            (x for x in active if x.is_active(event.time) and x.matches(event.server)),
-            None,
-        )
-        status, note = OutboxStatus.PENDING, None
-        if silence is not None:
-            status = OutboxStatus.SUPPRESSED
-            note = f"silenced (silence {silence.id}: {silence.reason})"
+        status, note = outbox_status(event, active)
         cur.executemany(
             _INSERT_OUTBOX,
             [

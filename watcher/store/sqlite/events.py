@@ -19,7 +19,12 @@ from watcher.audit import AuditPosition, chain_line
 from watcher.config import SinkConfig
 from watcher.errors import JournalError
 from watcher.events import Event
-from watcher.store.base import AuditLine, OutboxStatus, Silence
+from watcher.store.base import (
+    AuditLine,
+    Silence,
+    outbox_status,
+    wanted_sinks,
+)
 from watcher.store.sqlite import silences
 from watcher.store.sqlite.schema import from_us, to_us
 
@@ -82,21 +87,12 @@ def store_transition(
         if row is None:
             continue
         new.append((event, row[0], line))
-        wanted = [
-            sink.name for sink in sinks if sink.wants(str(event.type), event.server)
-        ]
+        wanted = wanted_sinks(event, sinks)
         if not wanted:
             continue
         if active is None:
             active = silences.active(conn, min(e.time for e in events))
-        silence = next(
-            (x for x in active if x.is_active(event.time) and x.matches(event.server)),
-            None,
-        )
-        status, note = OutboxStatus.PENDING, None
-        if silence is not None:
-            status = OutboxStatus.SUPPRESSED
-            note = f"silenced (silence {silence.id}: {silence.reason})"
+        status, note = outbox_status(event, active)
         for sink_name in wanted:
             conn.execute(
                 _INSERT_OUTBOX,
